@@ -1,0 +1,12 @@
+"""grunet: exact, fast and explained GRU networks for PyTorch.
+
+    >>> import grunet
+    >>> gru = grunet.GRU(28, 75, batch_first=True, reset_after=False)   # the original Keras GRU
+    >>> out, h_n = gru(x)                                                # like torch.nn.GRU
+"""
+from .errors import GrunetError
+from .layers import GRU, GRUCell
+from .params import count_params, summary
+
+__version__ = "0.1.0"
+__all__ = ["GRU", "GRUCell", "GrunetError", "count_params", "summary", "__version__"]

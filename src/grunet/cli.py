@@ -1,0 +1,71 @@
+"""The ``grunet`` command line: build_parser() and main(argv) -> exit code.
+
+Each subcommand lives in ``grunet.commands.<name>`` with ``add_arguments(parser)`` and ``run(args) -> int``.
+Bad input (GrunetError) becomes one line on stderr and exit code 2, never a traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from typing import Optional, Sequence
+
+from . import __version__
+from .errors import GrunetError
+
+# name -> one-line help; the module grunet.commands.<name with - as _> implements it
+COMMANDS = {
+    "params": "parameter counts of a GRU, gate by gate, with the formula",
+    "train": "train a GRU classifier on MNIST-like digits read row by row",
+    "eval": "accuracy, per-class accuracy and confusion matrix of a trained model",
+    "predict": "classify PNG/JPEG digit images with a trained model",
+    "bench": "time grunet's kernels against torch.nn.GRU",
+    "convert": "convert models between grunet, Keras, PyTorch and ONNX",
+    "export": "export a trained model to ONNX",
+    "explain": "show the update and reset gates of a trained model on one digit",
+    "report": "write an HTML report of a training run",
+}
+
+
+def _module(name: str):
+    return importlib.import_module(f"grunet.commands.{name.replace('-', '_')}")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # argparse's own usage errors also exit 2, with one line
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="grunet", description="Exact, fast and explained GRU networks for PyTorch.")
+    parser.add_argument("--version", action="version", version=f"grunet {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    for name, help_text in COMMANDS.items():
+        try:
+            module = _module(name)
+        except ModuleNotFoundError:  # a command whose module is not part of this build
+            continue
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        module.add_arguments(p)
+        p.set_defaults(_run=module.run)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "_run", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args._run(args) or 0)
+    except GrunetError as e:
+        print(f"grunet {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"grunet {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

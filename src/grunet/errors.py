@@ -1,0 +1,17 @@
+"""The one exception type for bad input.
+
+Every message names the thing, what was expected and what came, e.g.
+``GrunetError("h0: expected shape (1, 50, 75), got (1, 50, 64)")``.
+It subclasses ValueError so library users can catch the usual type; the CLI turns it into one line and
+exit code 2.
+"""
+
+
+class GrunetError(ValueError):
+    """Bad input from a user: a wrong argument, file, option or dataset."""
+
+
+def expect(condition: bool, what: str, expected: str, got) -> None:
+    """Raise ``GrunetError("{what}: expected {expected}, got {got}")`` unless condition holds."""
+    if not condition:
+        raise GrunetError(f"{what}: expected {expected}, got {got}")

@@ -1,0 +1,70 @@
+"""The single dispatch point between the GRU layers and their implementations.
+
+Every implementation is a function with the signature of ``grunet.reference.gru_layer``:
+``(x (T,B,I), h0 (B,H), w_ih, w_hh, b_ih, b_hh, *, reset_after, activation_name, lengths, reverse)
+-> (output (T,B,H), h_n (B,H))``, differentiable through autograd.
+
+impl="reference": the plain PyTorch loop (always available).
+impl="fused":     the compiled kernel for the input's device; raises if it cannot be had.
+impl="auto":      the fused kernel when it is available for the input, else the reference, with one warning
+                  when a kernel exists for the device but could not be built or loaded.
+Kernels are imported lazily so that importing grunet needs neither a compiler nor CUDA.
+"""
+from __future__ import annotations
+
+import importlib
+import warnings
+from typing import Callable
+
+from torch import Tensor
+
+from ..errors import GrunetError
+
+IMPLS = ("auto", "reference", "fused")
+
+# device type -> module that provides ``load()`` (raises KernelUnavailable) and ``gru_layer``
+_FUSED_MODULES = {"cpu": "grunet.kernels.cpu"}
+_warned: set[str] = set()
+
+
+class KernelUnavailable(RuntimeError):
+    """A fused kernel cannot be built or loaded here (no compiler, build error, unsupported device)."""
+
+
+def check_impl(impl: str) -> str:
+    if impl not in IMPLS:
+        raise GrunetError(f"impl: expected one of {list(IMPLS)}, got {impl!r}")
+    return impl
+
+
+def fused_layer(device_type: str) -> Callable:
+    """The fused layer function for ``device_type``, building the kernel on first use."""
+    name = _FUSED_MODULES.get(device_type)
+    if name is None:
+        raise KernelUnavailable(f"no fused GRU kernel for device type {device_type!r}")
+    try:
+        module = importlib.import_module(name)
+    except ImportError as e:  # pragma: no cover - the module ships with the package
+        raise KernelUnavailable(f"{name} could not be imported: {e}") from e
+    module.load()
+    return module.gru_layer
+
+
+def layer_function(impl: str, x: Tensor) -> Callable:
+    """Choose the implementation of one GRU layer for input ``x`` (see module docstring)."""
+    check_impl(impl)
+    if impl == "reference":
+        from ..reference import gru_layer
+
+        return gru_layer
+    try:
+        return fused_layer(x.device.type)
+    except KernelUnavailable as e:
+        if impl == "fused":
+            raise GrunetError(f"impl: 'fused' was asked for, but the fused kernel is unavailable: {e}") from e
+        from ..reference import gru_layer
+
+        if x.device.type in _FUSED_MODULES and x.device.type not in _warned:
+            _warned.add(x.device.type)
+            warnings.warn(f"grunet: fused GRU kernel unavailable ({e}); using the reference loop", stacklevel=3)
+        return gru_layer

@@ -1,0 +1,78 @@
+"""The tutorial's classifier: a recurrent layer reads a digit row by row, Dense(classes) reads its last state.
+
+    logits = W_d h_T + b_d        (h_T: the final state, both directions concatenated)
+    p      = softmax(logits)      (cross-entropy is applied to the logits in training)
+
+Batch-first input (B, T, I) like Keras. ``cell="lstm"`` swaps in torch.nn.LSTM, the baseline the tutorial
+compares the GRU with.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import Tensor, nn
+
+from .errors import expect
+from .layers import GRU
+
+CELLS = ("gru", "lstm")
+
+
+@dataclass
+class ModelConfig:
+    input_size: int = 28
+    hidden_size: int = 75
+    num_classes: int = 10
+    num_layers: int = 1
+    bidirectional: bool = False
+    reset_after: bool = False
+    recurrent_activation: str = "sigmoid"
+    cell: str = "gru"
+    init: str = "keras"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class SequenceClassifier(nn.Module):
+    def __init__(self, config: ModelConfig, impl: str = "auto") -> None:
+        super().__init__()
+        expect(config.cell in CELLS, "cell", f"one of {list(CELLS)}", repr(config.cell))
+        self.config = config
+        if config.cell == "gru":
+            self.rnn = GRU(config.input_size, config.hidden_size, config.num_layers, batch_first=True,
+                           bidirectional=config.bidirectional, reset_after=config.reset_after,
+                           recurrent_activation=config.recurrent_activation, init=config.init, impl=impl)
+        else:
+            self.rnn = nn.LSTM(config.input_size, config.hidden_size, config.num_layers, batch_first=True,
+                               bidirectional=config.bidirectional)
+            if config.init == "keras":  # glorot input weights, orthogonal recurrent weights, zero biases
+                with torch.no_grad():
+                    for name, p in self.rnn.named_parameters():
+                        if name.startswith("weight_ih"):
+                            nn.init.xavier_uniform_(p)
+                        elif name.startswith("weight_hh"):
+                            nn.init.orthogonal_(p)
+                        else:
+                            nn.init.zeros_(p)
+                        if name.startswith("bias_ih"):  # Keras's unit_forget_bias: forget gate starts at 1
+                            p[config.hidden_size:2 * config.hidden_size] = 1.0
+        D = 2 if config.bidirectional else 1
+        self.dense = nn.Linear(config.hidden_size * D, config.num_classes)
+        if config.init == "keras":
+            nn.init.xavier_uniform_(self.dense.weight)
+            nn.init.zeros_(self.dense.bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """x (B, T, I) -> logits (B, classes)."""
+        _, h_n = self.rnn(x)
+        if isinstance(h_n, tuple):  # LSTM: (h_n, c_n)
+            h_n = h_n[0]
+        D = 2 if self.config.bidirectional else 1
+        last = h_n[-D:]  # (D, B, H): the top layer's final state of each direction
+        return self.dense(torch.cat(list(last), dim=1))
+
+    @torch.no_grad()
+    def predict_proba(self, x: Tensor) -> Tensor:
+        return torch.softmax(self(x), dim=1)
