@@ -60,7 +60,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         return int(args._run(args) or 0)
     except GrunetError as e:
-        print(f"grunet {args.command}: error: {e}", file=sys.stderr)
+        message = "; ".join(line.strip() for line in str(e).splitlines() if line.strip())  # one line
+        print(f"grunet {args.command}: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"grunet {args.command}: interrupted", file=sys.stderr)

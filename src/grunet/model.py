@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import Tensor, nn
 
-from .errors import expect
+from .errors import GrunetError, expect
 from .layers import GRU
 
 CELLS = ("gru", "lstm")
@@ -34,8 +34,20 @@ class ModelConfig:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    @classmethod
+    def from_dict(cls, d: dict) -> "ModelConfig":
+        known = set(cls.__dataclass_fields__)
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise GrunetError(f"model config: expected keys from {sorted(known)}, got unknown {unknown}")
+        return cls(**d)
+
 
 class SequenceClassifier(nn.Module):
+    """forward(x (B, T, I)) -> logits (B, classes); predict_proba(x) -> softmax probabilities."""
+
+    output_kind = "logits"
+
     def __init__(self, config: ModelConfig, impl: str = "auto") -> None:
         super().__init__()
         expect(config.cell in CELLS, "cell", f"one of {list(CELLS)}", repr(config.cell))
@@ -72,6 +84,18 @@ class SequenceClassifier(nn.Module):
         D = 2 if self.config.bidirectional else 1
         last = h_n[-D:]  # (D, B, H): the top layer's final state of each direction
         return self.dense(torch.cat(list(last), dim=1))
+
+    @classmethod
+    def from_config(cls, config: dict, impl: str = "auto") -> "SequenceClassifier":
+        return cls(ModelConfig.from_dict(config), impl=impl)
+
+    def architecture_config(self) -> dict:
+        return self.config.to_dict()
+
+    @property
+    def input_shape(self) -> tuple[int, None]:
+        """(T, I) with T free: any sequence length is accepted."""
+        return (None, self.config.input_size)
 
     @torch.no_grad()
     def predict_proba(self, x: Tensor) -> Tensor:
