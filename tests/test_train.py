@@ -239,3 +239,20 @@ def test_predict_rejects_non_images(reference_run, tmp_path, capsys):
     Image.fromarray(np.zeros((28, 28), np.uint8)).save(gif)
     assert main(["predict", str(reference_run), str(gif)]) == 2
     assert "expected a PNG or JPEG image, got GIF format" in capsys.readouterr().err
+
+
+def test_torch_baseline_trains_like_grunet(tmp_path):
+    """--impl torch (torch.nn.GRU) and grunet's reference GRU start from the same weights and follow the
+    same loss curve; the baseline's checkpoint loads into grunet."""
+    curves = {}
+    for impl in ("torch", "reference"):
+        cfg = TrainConfig(**{**SMALL, "impl": impl, "reset_after": True, "steps": 31})
+        run(cfg, tmp_path / impl, print_fn=lambda s: None, progress=False)
+        curves[impl] = metrics(tmp_path / impl)
+    for a, b in zip(curves["torch"], curves["reference"]):
+        assert float(a["loss"]) == pytest.approx(float(b["loss"]), abs=1e-4)
+        assert float(a["test_accuracy"]) == pytest.approx(float(b["test_accuracy"]), abs=2e-3)
+    model, ckpt = load_model(tmp_path / "torch" / "last.pt", impl="reference")
+    assert type(model.rnn).__module__ == "grunet.layers"
+    assert main(["train", "--impl", "torch", "--steps", "2", "--out", str(tmp_path / "rb")]) == 2
+    assert not (tmp_path / "rb").exists()

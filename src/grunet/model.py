@@ -4,7 +4,8 @@
     p      = softmax(logits)      (cross-entropy is applied to the logits in training)
 
 Batch-first input (B, T, I) like Keras. ``cell="lstm"`` swaps in torch.nn.LSTM, the baseline the tutorial
-compares the GRU with.
+compares the GRU with; ``impl="torch"`` uses torch.nn.GRU itself (reset-after only), whose state_dict is
+the same as grunet.GRU's, so its checkpoints load into grunet.
 """
 from __future__ import annotations
 
@@ -43,6 +44,22 @@ class ModelConfig:
         return cls(**d)
 
 
+def _keras_init(rnn: nn.Module, forget_bias: bool = False) -> None:
+    """Keras's defaults on a torch RNN: glorot input weights, orthogonal recurrent weights, zero biases;
+    for an LSTM, unit_forget_bias (forget gate bias 1; torch's gate order is i | f | g | o)."""
+    with torch.no_grad():
+        for name, p in rnn.named_parameters():
+            if name.startswith("weight_ih"):
+                nn.init.xavier_uniform_(p)
+            elif name.startswith("weight_hh"):
+                nn.init.orthogonal_(p)
+            else:
+                nn.init.zeros_(p)
+                if forget_bias and name.startswith("bias_ih"):
+                    H = p.shape[0] // 4
+                    p[H:2 * H] = 1.0
+
+
 class SequenceClassifier(nn.Module):
     """forward(x (B, T, I)) -> logits (B, classes); predict_proba(x) -> softmax probabilities."""
 
@@ -52,24 +69,23 @@ class SequenceClassifier(nn.Module):
         super().__init__()
         expect(config.cell in CELLS, "cell", f"one of {list(CELLS)}", repr(config.cell))
         self.config = config
-        if config.cell == "gru":
+        if config.cell == "gru" and impl == "torch":  # the baseline: PyTorch's own GRU, same state_dict
+            expect(config.reset_after and config.recurrent_activation == "sigmoid", "impl 'torch'",
+                   "a reset-after GRU with sigmoid gates (the only kind torch.nn.GRU has)",
+                   f"reset_after={config.reset_after}, recurrent_activation={config.recurrent_activation!r}")
+            with torch.random.fork_rng():  # nn.GRU's own init draws must not shift the seeded stream
+                self.rnn = nn.GRU(config.input_size, config.hidden_size, config.num_layers, batch_first=True,
+                                  bidirectional=config.bidirectional)
+            _keras_init(self.rnn) if config.init == "keras" else self.rnn.reset_parameters()
+        elif config.cell == "gru":
             self.rnn = GRU(config.input_size, config.hidden_size, config.num_layers, batch_first=True,
                            bidirectional=config.bidirectional, reset_after=config.reset_after,
                            recurrent_activation=config.recurrent_activation, init=config.init, impl=impl)
         else:
             self.rnn = nn.LSTM(config.input_size, config.hidden_size, config.num_layers, batch_first=True,
                                bidirectional=config.bidirectional)
-            if config.init == "keras":  # glorot input weights, orthogonal recurrent weights, zero biases
-                with torch.no_grad():
-                    for name, p in self.rnn.named_parameters():
-                        if name.startswith("weight_ih"):
-                            nn.init.xavier_uniform_(p)
-                        elif name.startswith("weight_hh"):
-                            nn.init.orthogonal_(p)
-                        else:
-                            nn.init.zeros_(p)
-                        if name.startswith("bias_ih"):  # Keras's unit_forget_bias: forget gate starts at 1
-                            p[config.hidden_size:2 * config.hidden_size] = 1.0
+            if config.init == "keras":
+                _keras_init(self.rnn, forget_bias=True)
         D = 2 if config.bidirectional else 1
         self.dense = nn.Linear(config.hidden_size * D, config.num_classes)
         if config.init == "keras":

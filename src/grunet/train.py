@@ -40,6 +40,7 @@ from .progress import Progress
 
 METRICS_FIELDS = ("step", "loss", "train_accuracy", "test_accuracy", "elapsed_s")
 CONFIG_VERSION = 1
+TRAIN_IMPLS = ("auto", "reference", "fused", "torch")  # "torch": torch.nn.GRU, the baseline
 
 
 @dataclass
@@ -72,6 +73,7 @@ class TrainConfig:
         expect(self.dataset in DATASETS, "--dataset", f"one of {list(DATASETS)}", repr(self.dataset))
         expect(self.view in VIEWS, "--view", f"one of {list(VIEWS)}", repr(self.view))
         expect(self.cell in CELLS, "--cell", f"one of {list(CELLS)}", repr(self.cell))
+        expect(self.impl in TRAIN_IMPLS, "--impl", f"one of {list(TRAIN_IMPLS)}", repr(self.impl))
         for name in ("units", "layers", "steps", "batch_size", "eval_every", "eval_batch_size"):
             value = getattr(self, name)
             expect(isinstance(value, int) and value >= 1, f"--{name.replace('_', '-')}", "an integer >= 1", value)
@@ -239,7 +241,6 @@ def run(
     """Train (or continue) the run in ``out_dir``. ``on_step(i)`` is called after each step (tests)."""
     config.validate()
     out = Path(out_dir)
-    prepare_out_dir(out, resume)
     if config.threads:
         torch.set_num_threads(config.threads)
     device = torch.device(config.device)
@@ -254,6 +255,7 @@ def run(
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
     batches = Batches(len(x_train), config.batch_size, config.shuffle, config.seed)
     loss_fn = nn.CrossEntropyLoss()
+    prepare_out_dir(out, resume)  # only once the data and model are known to be good: no empty run left
     state = {"step": 0, "rows": [], "window": [0.0, 0, 0], "best": -1.0, "elapsed": 0.0, "train_seconds": 0.0}
 
     if resume:

@@ -37,7 +37,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--recurrent-activation", choices=["sigmoid", "hard_sigmoid_keras2", "hard_sigmoid_keras3"])
     p.add_argument("--cell", choices=CELLS, help="gru (default) or lstm (torch.nn.LSTM, the baseline)")
     p.add_argument("--init", choices=["keras", "torch"], help="weight initialisation (default keras)")
-    p.add_argument("--impl", choices=["auto", "reference", "fused"], help="GRU implementation (default auto)")
+    p.add_argument("--impl", choices=["auto", "reference", "fused", "torch"],
+                   help="GRU implementation (default auto); torch = torch.nn.GRU as a baseline (needs --reset-after)")
     length = p.add_mutually_exclusive_group()
     length.add_argument("--steps", type=int, help=f"training steps (default {d.steps:,})")
     length.add_argument("--epochs", type=float, help="training length in passes over the training set")
@@ -51,6 +52,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", help="cpu (default) or cuda")
     p.add_argument("--out", help="run directory (default runs/<date>-<dataset>)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR (optionally with a new --steps)")
+    p.add_argument("--report", action="store_true", help="write the HTML report (grunet report) at the end")
     p.add_argument("--progress", choices=["auto", "bar", "lines"], default="auto",
                    help="a progress bar on a terminal, plain lines otherwise (default auto)")
 
@@ -96,4 +98,9 @@ def run(args: argparse.Namespace) -> int:
             config.steps = max(1, round(args.epochs * (n // config.batch_size)))
         out = Path(args.out or f"runs/{time.strftime('%Y%m%d-%H%M%S')}-{config.dataset}")
     progress = {"auto": None, "bar": True, "lines": False}[args.progress]
-    return train_run(config, out, resume=bool(args.resume), progress=progress).exit_code
+    result = train_run(config, out, resume=bool(args.resume), progress=progress)
+    if result.exit_code == 0 and args.report:
+        from ..report import write_report
+
+        print(f"report: {write_report(out)}")
+    return result.exit_code
