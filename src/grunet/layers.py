@@ -27,25 +27,23 @@ from .reference import activation, gru_step
 INITS = ("torch", "keras")
 
 
-def _init_gru_weights(module: nn.Module, prefixes: list[str], hidden_size: int, init: str) -> None:
-    """init='torch': every parameter ~ U(-1/sqrt(H), 1/sqrt(H)) as nn.GRU does.
-    init='keras': Keras GRU defaults: glorot_uniform input weights, orthogonal recurrent weights (over the
+def init_rnn_weights(module: nn.Module, hidden_size: int, init: str) -> None:
+    """Initialise a recurrent module's own parameters (grunet's or torch's, same names).
+    init='torch': every parameter ~ U(-1/sqrt(H), 1/sqrt(H)) as nn.GRU does.
+    init='keras': Keras defaults: glorot_uniform input weights, orthogonal recurrent weights (over the
     whole (3U, U) matrix, like Keras's (U, 3U) recurrent_kernel), zero biases."""
     expect(init in INITS, "init", f"one of {list(INITS)}", repr(init))
     with torch.no_grad():
-        for prefix in prefixes:
-            for name, p in module.named_parameters():
-                if not name.endswith(prefix):
-                    continue
-                if init == "torch":
-                    bound = 1.0 / math.sqrt(hidden_size) if hidden_size > 0 else 0.0
-                    nn.init.uniform_(p, -bound, bound)
-                elif name.startswith("weight_ih"):
-                    nn.init.xavier_uniform_(p)
-                elif name.startswith("weight_hh"):
-                    nn.init.orthogonal_(p)
-                else:
-                    nn.init.zeros_(p)
+        for name, p in module.named_parameters():
+            if init == "torch":
+                bound = 1.0 / math.sqrt(hidden_size)
+                nn.init.uniform_(p, -bound, bound)
+            elif name.startswith("weight_ih"):
+                nn.init.xavier_uniform_(p)
+            elif name.startswith("weight_hh"):
+                nn.init.orthogonal_(p)
+            else:
+                nn.init.zeros_(p)
 
 
 class GRU(nn.Module):
@@ -97,7 +95,7 @@ class GRU(nn.Module):
         return ("", "_reverse") if self.bidirectional else ("",)
 
     def reset_parameters(self, init: Optional[str] = None) -> None:
-        _init_gru_weights(self, [""], self.hidden_size, init or self.init)
+        init_rnn_weights(self, self.hidden_size, init or self.init)
 
     def layer_weights(self, k: int, suffix: str = "") -> tuple[Tensor, Tensor, Optional[Tensor], Optional[Tensor]]:
         """(w_ih, w_hh, b_ih, b_hh) of layer k and direction suffix; for reset-before b_ih is the one bias."""
@@ -236,7 +234,7 @@ class GRUCell(nn.Module):
         self.reset_parameters(init)
 
     def reset_parameters(self, init: Optional[str] = None) -> None:
-        _init_gru_weights(self, [""], self.hidden_size, init or self.init)
+        init_rnn_weights(self, self.hidden_size, init or self.init)
 
     def extra_repr(self) -> str:
         return f"{self.input_size}, {self.hidden_size}, reset_after={self.reset_after}"

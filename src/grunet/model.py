@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from .errors import GrunetError, expect
-from .layers import GRU
+from .layers import GRU, init_rnn_weights
 
 CELLS = ("gru", "lstm")
 
@@ -45,19 +45,14 @@ class ModelConfig:
 
 
 def _keras_init(rnn: nn.Module, forget_bias: bool = False) -> None:
-    """Keras's defaults on a torch RNN: glorot input weights, orthogonal recurrent weights, zero biases;
-    for an LSTM, unit_forget_bias (forget gate bias 1; torch's gate order is i | f | g | o)."""
-    with torch.no_grad():
-        for name, p in rnn.named_parameters():
-            if name.startswith("weight_ih"):
-                nn.init.xavier_uniform_(p)
-            elif name.startswith("weight_hh"):
-                nn.init.orthogonal_(p)
-            else:
-                nn.init.zeros_(p)
-                if forget_bias and name.startswith("bias_ih"):
-                    H = p.shape[0] // 4
-                    p[H:2 * H] = 1.0
+    """Keras's defaults on a torch RNN; for an LSTM also unit_forget_bias (forget gate bias 1; torch's gate
+    order is i | f | g | o)."""
+    init_rnn_weights(rnn, rnn.hidden_size, "keras")
+    if forget_bias:
+        with torch.no_grad():
+            for name, p in rnn.named_parameters():
+                if name.startswith("bias_ih"):
+                    p[rnn.hidden_size:2 * rnn.hidden_size] = 1.0
 
 
 class SequenceClassifier(nn.Module):
