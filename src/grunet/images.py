@@ -30,6 +30,6 @@ def load_digit(path: str | Path) -> np.ndarray:
             gray = image.convert("L").resize((SIZE, SIZE), Image.LANCZOS)
     except (UnidentifiedImageError, OSError) as e:
         raise GrunetError(f"{p}: expected a PNG or JPEG image, got a file that cannot be read as one ({e})") from None
-    a = np.asarray(gray, dtype=np.uint8)
+    a = np.array(gray, dtype=np.uint8)  # a writable copy (torch.from_numpy warns on read-only)
     border = np.concatenate([a[0], a[-1], a[:, 0], a[:, -1]])
     return 255 - a if border.mean() > 127 else a
