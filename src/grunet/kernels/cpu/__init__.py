@@ -1,0 +1,102 @@
+"""Fused CPU GRU: whole-sequence forward and backward of one layer and direction in C++.
+
+Same function as grunet.reference.gru_layer (the equations are there and beside the C++ code):
+``gru_layer(x (T,B,I), h0 (B,H), w_ih (3H,I), w_hh (3H,H), b_ih, b_hh, *, reset_after, activation_name,
+lengths, reverse) -> (out (T,B,H), h_n (B,H))``, float32 and float64; other dtypes use the reference loop.
+
+How it is fast (DESIGN.md section 5): one GEMM x W_ih^T for all time steps before the loop; per step one
+(B,H)x(H,3H) GEMM and one vectorised pass over the gates (reset-before: a second GEMM for W_hn (r*h));
+backward walks time in reverse with one GEMM per step for dh (two for reset-before), and computes dx,
+dW_ih, dW_hh and the bias gradients with a few big GEMMs after the loop. Threads split the batch.
+
+With grad disabled, or when no input requires grad, the forward keeps no gate activations.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from .build import load
+
+__all__ = ["load", "gru_layer", "set_threads", "get_threads"]
+
+ACTIVATION_CODES = {"sigmoid": 0, "hard_sigmoid_keras2": 1, "hard_sigmoid_keras3": 2}
+SUPPORTED_DTYPES = (torch.float32, torch.float64)
+
+_threads: Optional[int] = None  # None: torch.get_num_threads() at call time
+
+
+def set_threads(n: Optional[int]) -> None:
+    """Threads the kernel splits the batch over (None: torch.get_num_threads())."""
+    global _threads
+    _threads = None if n is None else max(1, int(n))
+
+
+def get_threads() -> int:
+    return _threads if _threads is not None else torch.get_num_threads()
+
+
+class _FusedGRU(torch.autograd.Function):
+    """Autograd wrapper: forward keeps (chunk-major) x, gates (T*B,3H), aux and hprev (T*B,H) for backward."""
+
+    @staticmethod
+    def forward(ctx, x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reset_after, act, reverse):
+        ext = load()
+        chunks = ext.batch_chunks(x.shape[1], h0.shape[1], get_threads())
+        out, h_n, xs, gates, aux, hprev = ext.forward(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reset_after, act,
+                                                      reverse, True, chunks)
+        ctx.save_for_backward(w_ih, w_hh, xs, gates, aux, hprev, lengths)
+        ctx.config = (reset_after, act, reverse, b_ih is not None, b_hh is not None, chunks)
+        return out, h_n
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, dout, dh_n):
+        w_ih, w_hh, xs, gates, aux, hprev, lengths = ctx.saved_tensors
+        reset_after, act, reverse, has_b_ih, has_b_hh, chunks = ctx.config
+        need = ctx.needs_input_grad
+        dx, dh0, dw_ih, dw_hh, db_ih, db_hh = load().backward(
+            dout, dh_n, w_ih, w_hh, xs, gates, aux, hprev, lengths, reset_after, act, reverse,
+            has_b_ih, has_b_hh, need[0], any(need[2:6]), chunks)
+        return (dx if need[0] else None, dh0 if need[1] else None, dw_ih if need[2] else None,
+                dw_hh if need[3] else None, db_ih if has_b_ih and need[4] else None,
+                db_hh if has_b_hh and need[5] else None, None, None, None, None)
+
+
+def gru_layer(
+    x: Tensor,
+    h0: Tensor,
+    w_ih: Tensor,
+    w_hh: Tensor,
+    b_ih: Optional[Tensor],
+    b_hh: Optional[Tensor],
+    *,
+    reset_after: bool = True,
+    activation_name: str = "sigmoid",
+    lengths: Optional[Tensor] = None,
+    reverse: bool = False,
+) -> tuple[Tensor, Tensor]:
+    """One GRU layer over x (T, B, I) from h0 (B, H) -> (output (T, B, H), h_n (B, H)); see module docstring."""
+    if x.dtype not in SUPPORTED_DTYPES or x.device.type != "cpu":
+        from ...reference import gru_layer as reference_layer
+
+        return reference_layer(x, h0, w_ih, w_hh, b_ih, b_hh, reset_after=reset_after,
+                               activation_name=activation_name, lengths=lengths, reverse=reverse)
+    if activation_name not in ACTIVATION_CODES:
+        from ...reference import activation
+
+        activation(activation_name)  # raises GrunetError with the list of names
+    act = ACTIVATION_CODES[activation_name]
+    if not reset_after:
+        b_hh = None  # reset-before has one bias, passed as b_ih
+    if lengths is not None:
+        lengths = lengths.to(device="cpu", dtype=torch.int64)
+    tensors = (x, h0, w_ih, w_hh, b_ih, b_hh)
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
+        return _FusedGRU.apply(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reset_after, act, reverse)
+    ext = load()
+    chunks = ext.batch_chunks(x.shape[1], h0.shape[1], get_threads())
+    out, h_n = ext.forward(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reset_after, act, reverse, False, chunks)
+    return out, h_n

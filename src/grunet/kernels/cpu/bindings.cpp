@@ -1,0 +1,23 @@
+// Python bindings of the fused CPU GRU (built by grunet.kernels.cpu.build with torch.utils.cpp_extension).
+#include <torch/extension.h>
+
+#include "gru_cpu.h"
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.doc() = "grunet fused CPU GRU: whole-sequence forward and backward of one layer and direction";
+  m.def("forward", &grunet::gru_forward,
+        "forward(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reset_after, activation, reverse, training, chunks)"
+        " -> [out, h_n] or, training, [out, h_n, xs, gates, aux, hprev]");
+  m.def("backward", &grunet::gru_backward,
+        "backward(dout, dh_n, w_ih, w_hh, xs, gates, aux, hprev, lengths, reset_after, activation, reverse,"
+        " has_b_ih, has_b_hh, need_dx, need_weights, chunks) -> [dx, dh0, dw_ih, dw_hh, db_ih, db_hh]");
+  m.def("batch_chunks", &grunet::batch_chunks, "batch_chunks(B, H, threads): how many threads split the batch");
+  m.def("vector_math", []() {
+    // which math the elementwise loops were compiled against (libmvec vector calls need fast-math + simd)
+#if defined(__FAST_MATH__)
+    return std::string("fast-math");
+#else
+    return std::string("plain");
+#endif
+  });
+}

@@ -1,0 +1,91 @@
+"""Build (once) and load the fused CPU GRU extension with torch.utils.cpp_extension.load.
+
+The build is cached by torch in ``~/.cache/torch_extensions`` (or ``$TORCH_EXTENSIONS_DIR``) under a name
+that carries a hash of the C++ sources, the flags, the torch version and the CPU, so that a changed source
+or a different machine builds afresh instead of loading a stale library. The first build takes about a
+minute (torch's headers dominate); later loads take well under a second.
+
+Flags: ``-O3 -march=native -ffast-math -fopenmp`` so that the ``#pragma omp simd`` gate loops call
+glibc's vector expf/tanhf (DESIGN.md section 5), and so that ATen's at::parallel_for (an inline
+``#pragma omp parallel`` in the headers) really runs threads. The library needs libgomp.so.1, the soname
+of the libgomp torch ships and has already loaded, so the process keeps a single OpenMP runtime.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import platform
+import shutil
+import time
+from pathlib import Path
+from types import ModuleType
+from typing import Optional
+
+from .. import KernelUnavailable
+
+HERE = Path(__file__).resolve().parent
+SOURCES = ("bindings.cpp", "gru_forward.cpp", "gru_backward.cpp")
+HEADERS = ("gru_cpu.h", "small_gemm.h")
+CFLAGS = ["-O3", "-march=native", "-ffast-math", "-fopenmp", "-std=c++17"]
+LDFLAGS = ["-fopenmp"]
+
+_module: Optional[ModuleType] = None
+_error: Optional[str] = None
+build_seconds: Optional[float] = None  # time of the load() that built or loaded the module in this process
+
+
+def _cpu_id() -> str:
+    """The CPU model (-march=native code must not run on another CPU that shares the cache)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(("model name", "flags")):
+                return line
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def cache_key() -> str:
+    import torch
+
+    h = hashlib.sha256()
+    for name in SOURCES + HEADERS:
+        h.update(name.encode())
+        h.update((HERE / name).read_bytes())
+    h.update(" ".join(CFLAGS + LDFLAGS).encode())
+    h.update(torch.__version__.encode())
+    h.update(_cpu_id().encode())
+    return h.hexdigest()[:16]
+
+
+def load() -> ModuleType:
+    """The compiled module, building it on first use; raises KernelUnavailable with the reason."""
+    global _module, _error, build_seconds
+    if _module is not None:
+        return _module
+    if _error is not None:
+        raise KernelUnavailable(_error)
+    compiler = os.environ.get("CXX", "c++")
+    if shutil.which(compiler) is None:
+        _error = f"no C++ compiler ({compiler!r} not found on PATH)"
+        raise KernelUnavailable(_error)
+    start = time.perf_counter()
+    try:
+        from torch.utils import cpp_extension
+
+        _module = cpp_extension.load(
+            name=f"grunet_cpu_{cache_key()}",
+            sources=[str(HERE / s) for s in SOURCES],
+            extra_cflags=CFLAGS,
+            extra_ldflags=LDFLAGS,
+            extra_include_paths=[str(HERE)],
+            verbose=bool(os.environ.get("GRUNET_BUILD_VERBOSE")),
+        )
+    except Exception as e:  # compiler errors, missing ninja, a library that fails to load ...
+        lines = str(e).strip().splitlines()
+        errors = [line for line in lines if "error" in line.lower()]  # the compiler's first complaint
+        reason = (errors[:1] + lines[-1:]) if errors else lines[-1:]
+        _error = f"building the CPU kernel failed: {type(e).__name__}: {' | '.join(reason)}"[:2000]
+        raise KernelUnavailable(_error) from e
+    build_seconds = time.perf_counter() - start
+    return _module

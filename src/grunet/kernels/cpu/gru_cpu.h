@@ -1,0 +1,234 @@
+// grunet fused CPU GRU: what the forward and backward translation units share.
+//
+// Shapes (one layer, one direction): x (T, B, I), h (B, H), w_ih (3H, I), w_hh (3H, H), rows r | z | n.
+// The equations are in gru_forward.cpp (forward) and gru_backward.cpp (their derivatives).
+//
+// Why the code looks the way it does (DESIGN.md section 5):
+//  * every elementwise loop is one `#pragma omp simd` pass over a row of H values; built with -O3
+//    -march=native -ffast-math -fopenmp-simd, GCC turns std::exp / std::tanh there into glibc's vector
+//    expf/tanhf (libmvec), which is what makes the gate math ~5x cheaper than scalar libm calls;
+//  * the per-step matrix products call the BLAS inside libtorch (MKL on x86) directly: no dispatcher,
+//    no tensor allocation, ~1 us of overhead instead of ~10 us for an ATen op;
+//  * rows of a batch do not interact, so threads split the batch and each runs the whole time loop on
+//    its own rows with single-threaded BLAS: no synchronisation per time step.
+#pragma once
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <vector>
+
+#include "small_gemm.h"
+
+// BLAS (Fortran ABI, column major, 32-bit integers) and MKL's thread control, as exported by libtorch_cpu.
+// Weak, so that a libtorch without them still loads: gemm() then falls back to at::addmm_out.
+extern "C" {
+void sgemm_(const char*, const char*, const int*, const int*, const int*, const float*, const float*,
+            const int*, const float*, const int*, const float*, float*, const int*) __attribute__((weak));
+void dgemm_(const char*, const char*, const int*, const int*, const int*, const double*, const double*,
+            const int*, const double*, const int*, const double*, double*, const int*) __attribute__((weak));
+// MKL's C interface (the lower-case export of libtorch_cpu is the Fortran one, taking int*)
+int MKL_Set_Num_Threads_Local(int) __attribute__((weak));
+}
+
+namespace grunet {
+
+enum Activation : int { kSigmoid = 0, kHardSigmoidKeras2 = 1, kHardSigmoidKeras3 = 2 };
+
+// ----------------------------------------------------------------------------------------------------
+// C (M, N) = alpha * op(A) (M, K) @ op(B) (K, N) + beta * C, all row major with row strides lda/ldb/ldc;
+// trans_a means A is stored as (K, M). A row-major matrix is its own transpose in column-major terms,
+// so the Fortran call computes C^T = op(B)^T op(A)^T with the operands swapped.
+template <typename S>
+inline void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, S alpha, const S* A,
+                 int64_t lda, const S* B, int64_t ldb, S beta, S* C, int64_t ldc) {
+  if (M == 0 || N == 0) return;
+  const char ta = trans_a ? 'T' : 'N', tb = trans_b ? 'T' : 'N';
+  const int m = (int)M, n = (int)N, k = (int)K, la = (int)lda, lb = (int)ldb, lc = (int)ldc;
+  if constexpr (std::is_same_v<S, float>) {
+    if (sgemm_) return sgemm_(&tb, &ta, &n, &m, &k, &alpha, B, &lb, A, &la, &beta, C, &lc);
+  } else {
+    if (dgemm_) return dgemm_(&tb, &ta, &n, &m, &k, &alpha, B, &lb, A, &la, &beta, C, &lc);
+  }
+  // Fallback: the same product through ATen on views of the raw buffers.
+  auto opt = at::TensorOptions().dtype(c10::CppTypeToScalarType<S>::value);
+  auto a = trans_a ? at::from_blob((void*)A, {K, M}, {lda, 1}, opt).t() : at::from_blob((void*)A, {M, K}, {lda, 1}, opt);
+  auto b = trans_b ? at::from_blob((void*)B, {N, K}, {ldb, 1}, opt).t() : at::from_blob((void*)B, {K, N}, {ldb, 1}, opt);
+  auto c = at::from_blob((void*)C, {M, N}, {ldc, 1}, opt);
+  if (K == 0) { c.mul_(beta); return; }
+  auto prod = at::mm(a, b);
+  if (beta == S(0)) c.copy_(prod.mul_(alpha)); else c.mul_(beta).add_(prod, alpha);
+}
+
+// Makes MKL run single-threaded in this scope (per calling thread); a no-op without MKL.
+struct SingleThreadedBlas {
+  int previous = 0;
+  explicit SingleThreadedBlas(bool enable) {
+    if (enable && MKL_Set_Num_Threads_Local) previous = MKL_Set_Num_Threads_Local(1);
+    else previous = -1;
+  }
+  ~SingleThreadedBlas() {
+    if (previous >= 0 && MKL_Set_Num_Threads_Local) MKL_Set_Num_Threads_Local(previous);
+  }
+};
+
+// ----------------------------------------------------------------------------------------------------
+// recurrent activations sigma and their derivative written in terms of the output s = sigma(a)
+template <typename S> constexpr S exp_limit() { return std::is_same_v<S, float> ? S(80) : S(700); }
+
+template <int ACT, typename S>
+inline S sigma(S a) {
+  if constexpr (ACT == kSigmoid) {
+    // clamp so that exp cannot overflow to inf (fast-math assumes finite values); sigmoid(+-80) is
+    // already 0 or 1 to float precision
+    const S e = std::exp(-std::max(std::min(a, exp_limit<S>()), -exp_limit<S>()));
+    return S(1) / (S(1) + e);
+  } else if constexpr (ACT == kHardSigmoidKeras2) {
+    return std::min(std::max(S(0.2) * a + S(0.5), S(0)), S(1));  // Keras 2: clip(0.2 a + 0.5, 0, 1)
+  } else {
+    return std::min(std::max(a / S(6) + S(0.5), S(0)), S(1));    // Keras 3: clip(a / 6 + 0.5, 0, 1)
+  }
+}
+
+template <int ACT, typename S>
+inline S sigma_grad(S s) {  // d sigma / d a at the point where sigma(a) = s
+  if constexpr (ACT == kSigmoid) {
+    return s * (S(1) - s);
+  } else {
+    const S slope = ACT == kHardSigmoidKeras2 ? S(0.2) : S(1) / S(6);
+    return (s > S(0) && s < S(1)) ? slope : S(0);  // flat where clipped
+  }
+}
+
+template <typename S>
+inline S tanh_(S a) { return std::tanh(a); }
+
+// How many batch chunks (= threads) to run the time loop on: each chunk must be big enough that its
+// per-step GEMM outweighs a thread's share of the scheduling, and no more chunks than threads.
+inline int64_t batch_chunks(int64_t B, int64_t H, int64_t threads) {
+  if (threads <= 1) return 1;
+  const int64_t min_rows = H >= 256 ? 4 : (H >= 64 ? 8 : 16);
+  return std::max<int64_t>(1, std::min<int64_t>(threads, B / min_rows));
+}
+
+// Chunk c holds batch rows [chunk_begin(c), chunk_begin(c + 1)). Buffers private to the kernel (gates,
+// aux, hprev, dG, the copy of x) are chunk-major: chunk c owns rows [T * b0, T * b1), time-major inside,
+// so that every thread's rows are one contiguous matrix for the GEMMs after the time loop.
+struct Chunking {
+  int64_t T, B, n;
+  int64_t begin(int64_t c) const { return B * c / n; }
+  int64_t rows(int64_t c) const { return begin(c + 1) - begin(c); }
+};
+
+// A per-step product C = A @ op(src): small weight matrices are packed once for the register-blocked
+// kernel (small_gemm.h); big ones go to BLAS, which blocks for the caches itself.
+template <typename S>
+struct StepMatrix {
+  PackedB<S> packed;
+  bool use_packed = false;
+  const S* raw = nullptr;
+  int64_t ld = 0, K = 0, N = 0;
+  bool trans = false;
+
+  // op(src) is (K, N): src[n * ld + k] if trans else src[k * ld + n]
+  void init(const S* src, int64_t ld_, bool trans_, int64_t K_, int64_t N_) {
+    raw = src, ld = ld_, trans = trans_, K = K_, N = N_;
+    use_packed = K * N * (int64_t)sizeof(S) <= ((int64_t)512 << 10);
+    if (use_packed) packed.pack(src, ld, trans, K, N);
+  }
+  void mul(int64_t M, const S* A, int64_t lda, S* C, int64_t ldc, bool accumulate) const {
+    if (M == 0) return;
+    if (use_packed) small_gemm<S>(M, A, lda, packed, C, ldc, accumulate);
+    else gemm<S>(false, trans, M, N, K, S(1), A, lda, raw, ld, accumulate ? S(1) : S(0), C, ldc);
+  }
+};
+
+// Run f(chunk, b0, b1) for each chunk, one per thread. In a chunked run BLAS is single-threaded (the
+// threads are busy with chunks); a single chunk lets BLAS use threads only when a step is big enough.
+template <typename F>
+inline void for_batch_chunks(const Chunking& ch, bool big_steps, const F& f) {
+  if (ch.n <= 1) {
+    SingleThreadedBlas single(!big_steps);
+    f(0, 0, ch.B);
+    return;
+  }
+  at::parallel_for(0, ch.n, 1, [&](int64_t c0, int64_t c1) {
+    SingleThreadedBlas single(true);
+    for (int64_t c = c0; c < c1; ++c) f(c, ch.begin(c), ch.begin(c + 1));
+  });
+}
+
+// Buffers of the previous calls, handed out again once nobody else holds their storage. A training step
+// allocates and frees the same ~10 buffers every time; fresh pages from the OS cost a page fault each,
+// which measured 15-20% of the tutorial model's forward. A buffer is reused only when the pool holds the
+// one reference to its storage (autograd has released the saved tensors, the caller dropped its output).
+class BufferPool {
+ public:
+  static at::Tensor empty(at::IntArrayRef sizes, const at::TensorOptions& opt) {
+    int64_t numel = 1;
+    for (auto s : sizes) numel *= s;
+    const int64_t bytes = numel * (int64_t)c10::elementSize(c10::typeMetaToScalarType(opt.dtype()));
+    if (bytes < kMinBytes || bytes > kMaxBytes) return at::empty(sizes, opt);
+    auto& pool = buffers();
+    for (auto& t : pool)
+      if (t.numel() == numel && t.dtype() == opt.dtype() && t.use_count() == 1 && t.storage().use_count() == 1)
+        return t.view(sizes);
+    auto t = at::empty({numel}, opt);
+    if ((int64_t)pool.size() >= kMaxBuffers) pool.erase(pool.begin());
+    pool.push_back(t);
+    return t.view(sizes);
+  }
+  static at::Tensor zeros(at::IntArrayRef sizes, const at::TensorOptions& opt) { return empty(sizes, opt).zero_(); }
+
+ private:
+  static constexpr int64_t kMinBytes = 64 << 10, kMaxBytes = 64 << 20, kMaxBuffers = 24;
+  static std::vector<at::Tensor>& buffers() {
+    thread_local std::vector<at::Tensor> pool;
+    return pool;
+  }
+};
+
+// Column sums of a (rows, cols) row-major matrix into out (cols,), accumulated in double: a bias
+// gradient sums T*B terms, and float accumulation would lose ~1e-5 of it.
+template <typename S>
+inline void column_sums(const S* a, int64_t rows, int64_t cols, int64_t lda, S* out) {
+  std::vector<double> acc(cols, 0.0);
+  double* __restrict s = acc.data();
+  for (int64_t i = 0; i < rows; ++i) {
+    const S* __restrict r = a + i * lda;
+#pragma omp simd
+    for (int64_t j = 0; j < cols; ++j) s[j] += (double)r[j];
+  }
+  for (int64_t j = 0; j < cols; ++j) out[j] = (S)s[j];
+}
+
+// ----------------------------------------------------------------------------------------------------
+// entry points (gru_forward.cpp, gru_backward.cpp)
+std::vector<at::Tensor> gru_forward(const at::Tensor& x, const at::Tensor& h0, const at::Tensor& w_ih,
+                                    const at::Tensor& w_hh, const c10::optional<at::Tensor>& b_ih,
+                                    const c10::optional<at::Tensor>& b_hh, const c10::optional<at::Tensor>& lengths,
+                                    bool reset_after, int64_t activation, bool reverse, bool training,
+                                    int64_t chunks);
+
+std::vector<at::Tensor> gru_backward(const at::Tensor& dout, const c10::optional<at::Tensor>& dh_n,
+                                     const at::Tensor& w_ih, const at::Tensor& w_hh, const at::Tensor& xs,
+                                     const at::Tensor& gates, const at::Tensor& aux, const at::Tensor& hprev,
+                                     const c10::optional<at::Tensor>& lengths, bool reset_after, int64_t activation,
+                                     bool reverse, bool has_b_ih, bool has_b_hh, bool need_dx,
+                                     bool need_weights, int64_t chunks);
+
+// Dispatch a runtime activation code to a template argument.
+template <typename F>
+inline void with_activation(int64_t activation, const F& f) {
+  switch (activation) {
+    case kSigmoid: f(std::integral_constant<int, kSigmoid>{}); break;
+    case kHardSigmoidKeras2: f(std::integral_constant<int, kHardSigmoidKeras2>{}); break;
+    case kHardSigmoidKeras3: f(std::integral_constant<int, kHardSigmoidKeras3>{}); break;
+    default: TORCH_CHECK(false, "grunet: unknown activation code ", activation);
+  }
+}
+
+}  // namespace grunet

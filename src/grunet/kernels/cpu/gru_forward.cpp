@@ -1,0 +1,277 @@
+// grunet fused CPU GRU, forward over the whole sequence (one layer, one direction).
+//
+// Symbols as in grunet.reference; x_t (B, I), h (B, H); G = x W_ih^T (+ bias) for all steps at once:
+//   reset-after:   r  = sigma(G_r + b_hr + W_hr h)            [b_hr folded into G before the loop]
+//                  z  = sigma(G_z + b_hz + W_hz h)            [b_hz folded into G before the loop]
+//                  a  = W_hn h + b_hn                          (kept for backward: dr needs it)
+//                  n  = tanh(G_n + r * a)
+//   reset-before:  r  = sigma(G_r + W_hr h),  z = sigma(G_z + W_hz h)      [b = b_ih folded into G]
+//                  rh = r * h                                  (kept for backward: dW_hn needs it)
+//                  n  = tanh(G_n + W_hn rh)
+//   both:          h' = z * h + (1 - z) * n  =  n + z * (h - n)
+// With lengths, rows with t >= lengths[b] keep h and output 0.
+//
+// Threads split the batch into chunks (gru_cpu.h); each runs the whole sequence on its rows.
+// Per step: one (rows, H) x (H, 3H) GEMM (reset-before: (H, 2H), then (H, H) on r*h), then one fused
+// vectorised pass per row. Training keeps, chunk-major (see Chunking): xs = a copy of x, gates = r | z | n
+// written over G (G = xs W_ih^T for all steps of the chunk, one GEMM before the loop), aux = a
+// (reset-after) or rh (reset-before), hprev = the h fed into each step. Inference keeps none of them: G is
+// computed step by step into a (rows, 3H) scratch and h is updated in place (h' at (b, j) only reads h at
+// (b, j) once the GEMM has consumed h).
+#include "gru_cpu.h"
+
+namespace grunet {
+namespace {
+
+// The last H % W units of a row. A simd loop over H would leave them to scalar expf/tanhf calls (~20 ns
+// each, a quarter of the forward for H = 75); instead they are copied into one zero-padded vector and go
+// through the vector functions with the rest.
+template <typename S>
+struct Tail {
+  static constexpr int W = Vec<S>::kWidth;
+  alignas(64) S v[W] = {};
+  template <int ACT>
+  void apply_sigma() {
+#pragma omp simd
+    for (int k = 0; k < W; ++k) v[k] = sigma<ACT>(v[k]);
+  }
+  void apply_tanh() {
+#pragma omp simd
+    for (int k = 0; k < W; ++k) v[k] = tanh_(v[k]);
+  }
+};
+
+template <typename S>
+struct Fwd {
+  int64_t T, B, I, H;
+  const S* x;             // (T, B, I) user layout
+  const StepMatrix<S>* W_i;   // op = W_ih^T (I, 3H): inference computes G step by step
+  const StepMatrix<S>* W_h;   // reset-after W_hh^T (H, 3H); reset-before W_h[rz]^T (H, 2H)
+  const StepMatrix<S>* W_hn;  // reset-before W_hn^T (H, H)
+  const S* w_ih;          // (3H, I): training's G GEMM
+  const S* bias_g;        // (3H,) added to G: reset-after b_ih + (b_hr, b_hz, 0); reset-before b
+  const S* b_hn;          // (H,)
+  const int64_t* len;     // (B,) or nullptr
+  bool reverse, training;
+  S* out;                 // (T, B, H) user layout
+  S* h_n;                 // (B, H) user layout; inference: the running state
+  S* xs;                  // training, chunk-major (T*B, I)
+  S* gates;               // training, chunk-major (T*B, 3H)
+  S* aux;                 // training, chunk-major (T*B, H)
+  S* hprev;               // training, chunk-major (T*B, H)
+  S* scratch;             // per chunk: (rows, 3H) gh [+ (rows, 3H) G + (rows, H) rh in inference]
+
+  int64_t time_of(int64_t s) const { return reverse ? T - 1 - s : s; }
+
+  template <int ACT, bool RESET_AFTER>
+  void chunk(int64_t b0, int64_t b1) const {
+    const int64_t nb = b1 - b0, H3 = 3 * H, base = T * b0;  // base: first chunk-major row of this chunk
+    const int64_t Hm = H / Tail<S>::W * Tail<S>::W;           // units handled by whole vectors
+    if (T == 0 || nb == 0) return;
+    S* gh = scratch + b0 * (training ? H3 : 2 * H3 + H);
+    S* G_inf = gh + nb * H3;
+    S* rh_inf = G_inf + nb * H3;
+    if (training) {
+      for (int64_t t = 0; t < T; ++t)  // chunk-major copy of x for the GEMMs (here and in backward)
+        std::copy(x + (t * B + b0) * I, x + (t * B + b1) * I, xs + (base + t * nb) * I);
+      // G = xs W_ih^T for all steps of the chunk at once (bias added in the gate pass)
+      gemm<S>(false, true, T * nb, H3, I, S(1), xs + base * I, I, w_ih, I, S(0), gates + base * H3, H3);
+      std::copy(h_n + b0 * H, h_n + b1 * H, hprev + (base + time_of(0) * nb) * H);  // h_n holds h0 here
+    }
+    for (int64_t s = 0; s < T; ++s) {
+      const int64_t t = time_of(s), row = base + t * nb;
+      const S* hp_all = training ? hprev + row * H : h_n + b0 * H;
+      S* hn_all = training ? (s + 1 < T ? hprev + (base + time_of(s + 1) * nb) * H : h_n + b0 * H) : h_n + b0 * H;
+      S* g_all = training ? gates + row * H3 : G_inf;
+      if (!training) W_i->mul(nb, x + (t * B + b0) * I, I, G_inf, H3, false);  // G for this step
+      W_h->mul(nb, hp_all, H, gh, H3, false);  // reset-after: W_hh h; reset-before: W_h[rz] h
+      if (!RESET_AFTER) {
+        S* rh_all = training ? aux + row * H : rh_inf;
+        for (int64_t i = 0; i < nb; ++i) {
+          S* __restrict g = g_all + i * H3;
+          const S* __restrict q = gh + i * H3;
+          const S* __restrict hp = hp_all + i * H;
+          const S* __restrict bg = bias_g;
+          S* __restrict rhb = rh_all + i * H;
+#pragma omp simd
+          for (int64_t j = 0; j < Hm; ++j) {
+            const S r = sigma<ACT>(g[j] + bg[j] + q[j]);
+            const S z = sigma<ACT>(g[H + j] + bg[H + j] + q[H + j]);
+            g[j] = r;
+            g[H + j] = z;
+            rhb[j] = r * hp[j];
+          }
+          if (Hm < H) {  // the row's last H % W units, through a whole (zero-padded) vector: see Tail
+            Tail<S> ar, az;
+            for (int64_t k = 0; k < H - Hm; ++k) {
+              const int64_t j = Hm + k;
+              ar.v[k] = g[j] + bg[j] + q[j];
+              az.v[k] = g[H + j] + bg[H + j] + q[H + j];
+            }
+            ar.template apply_sigma<ACT>();
+            az.template apply_sigma<ACT>();
+            for (int64_t k = 0; k < H - Hm; ++k) {
+              const int64_t j = Hm + k;
+              g[j] = ar.v[k];
+              g[H + j] = az.v[k];
+              rhb[j] = ar.v[k] * hp[j];
+            }
+          }
+        }
+        W_hn->mul(nb, rh_all, H, gh + 2 * H, H3, false);  // W_hn (r * h)
+      }
+      for (int64_t i = 0; i < nb; ++i) {
+        const int64_t b = b0 + i;
+        S* __restrict g = g_all + i * H3;
+        const S* __restrict q = gh + i * H3;
+        const S* hp = hp_all + i * H;  // hn == hp in inference: no __restrict (same-index read, then write)
+        S* hn = hn_all + i * H;
+        S* __restrict o = out + (t * B + b) * H;
+        const S* __restrict bg = bias_g;
+        if (len && t >= len[b]) {  // padding: keep the state, output zero
+          if (hn != hp) std::copy(hp, hp + H, hn);
+          std::fill(o, o + H, S(0));
+          continue;
+        }
+        if (RESET_AFTER) {
+          S* __restrict a_out = training ? aux + (row + i) * H : nullptr;
+          const S* __restrict bhn = b_hn;
+#pragma omp simd
+          for (int64_t j = 0; j < Hm; ++j) {
+            const S r = sigma<ACT>(g[j] + bg[j] + q[j]);
+            const S z = sigma<ACT>(g[H + j] + bg[H + j] + q[H + j]);
+            const S a = q[2 * H + j] + bhn[j];
+            const S n = tanh_(g[2 * H + j] + bg[2 * H + j] + r * a);
+            const S h_new = n + z * (hp[j] - n);
+            hn[j] = h_new;
+            o[j] = h_new;
+            g[j] = r;  // gates over G: backward reads r, z, n from here
+            g[H + j] = z;
+            g[2 * H + j] = n;
+            if (a_out) a_out[j] = a;
+          }
+          if (Hm < H) {  // the row's last H % W units, through whole (zero-padded) vectors: see Tail
+            Tail<S> ar, az, an;
+            for (int64_t k = 0; k < H - Hm; ++k) {
+              const int64_t j = Hm + k;
+              ar.v[k] = g[j] + bg[j] + q[j];
+              az.v[k] = g[H + j] + bg[H + j] + q[H + j];
+            }
+            ar.template apply_sigma<ACT>();
+            az.template apply_sigma<ACT>();
+            for (int64_t k = 0; k < H - Hm; ++k) {
+              const int64_t j = Hm + k;
+              const S a = q[2 * H + j] + bhn[j];
+              an.v[k] = g[2 * H + j] + bg[2 * H + j] + ar.v[k] * a;
+              if (a_out) a_out[j] = a;
+            }
+            an.apply_tanh();
+            for (int64_t k = 0; k < H - Hm; ++k) {
+              const int64_t j = Hm + k;
+              const S n = an.v[k], h_new = n + az.v[k] * (hp[j] - n);
+              hn[j] = h_new;
+              o[j] = h_new;
+              g[j] = ar.v[k];
+              g[H + j] = az.v[k];
+              g[2 * H + j] = n;
+            }
+          }
+        } else {
+#pragma omp simd
+          for (int64_t j = 0; j < Hm; ++j) {
+            const S z = g[H + j];
+            const S n = tanh_(g[2 * H + j] + bg[2 * H + j] + q[2 * H + j]);
+            const S h_new = n + z * (hp[j] - n);
+            hn[j] = h_new;
+            o[j] = h_new;
+            g[2 * H + j] = n;
+          }
+          if (Hm < H) {
+            Tail<S> an;
+            for (int64_t k = 0; k < H - Hm; ++k) {
+              const int64_t j = Hm + k;
+              an.v[k] = g[2 * H + j] + bg[2 * H + j] + q[2 * H + j];
+            }
+            an.apply_tanh();
+            for (int64_t k = 0; k < H - Hm; ++k) {
+              const int64_t j = Hm + k;
+              const S n = an.v[k], h_new = n + g[H + j] * (hp[j] - n);
+              hn[j] = h_new;
+              o[j] = h_new;
+              g[2 * H + j] = n;
+            }
+          }
+        }
+      }
+    }
+  }
+};
+
+}  // namespace
+
+// Returns [out (T,B,H), h_n (B,H)] and, when training, the chunk-major [xs, gates, aux, hprev].
+std::vector<at::Tensor> gru_forward(const at::Tensor& x_in, const at::Tensor& h0, const at::Tensor& w_ih_in,
+                                    const at::Tensor& w_hh_in, const c10::optional<at::Tensor>& b_ih,
+                                    const c10::optional<at::Tensor>& b_hh, const c10::optional<at::Tensor>& lengths,
+                                    bool reset_after, int64_t activation, bool reverse, bool training,
+                                    int64_t chunks) {
+  TORCH_CHECK(x_in.dim() == 3 && h0.dim() == 2, "grunet: x must be (T, B, I) and h0 (B, H)");
+  TORCH_CHECK(x_in.scalar_type() == at::kFloat || x_in.scalar_type() == at::kDouble,
+              "grunet: the fused CPU kernel takes float32 or float64");
+  const auto x = x_in.contiguous(), w_ih = w_ih_in.contiguous(), w_hh = w_hh_in.contiguous();
+  const int64_t T = x.size(0), B = x.size(1), I = x.size(2), H = h0.size(1);
+  TORCH_CHECK(h0.size(0) == B && w_ih.size(0) == 3 * H && w_ih.size(1) == I && w_hh.size(0) == 3 * H &&
+                  w_hh.size(1) == H, "grunet: shape mismatch between x, h0, w_ih and w_hh");
+  TORCH_CHECK(chunks >= 1 && chunks <= std::max<int64_t>(B, 1), "grunet: chunks must be in [1, B]");
+  const auto opt = x.options();
+  // the bias added to G: reset-after b_ih + (b_hr, b_hz, 0); reset-before the one bias b (= b_ih)
+  at::Tensor bias_g = b_ih.has_value() ? b_ih->to(x.scalar_type()).contiguous().clone() : at::zeros({3 * H}, opt);
+  at::Tensor b_hn = at::zeros({H}, opt);
+  if (reset_after && b_hh.has_value()) {
+    bias_g.narrow(0, 0, 2 * H).add_(b_hh->narrow(0, 0, 2 * H));
+    b_hn.copy_(b_hh->narrow(0, 2 * H, H));
+  }
+  at::Tensor len;
+  if (lengths.has_value()) len = lengths->to(at::kLong).contiguous();
+
+  auto out = BufferPool::empty({T, B, H}, opt);
+  auto h_n = h0.to(x.scalar_type()).contiguous().clone();  // h0 in; h_n out
+  at::Tensor xs, gates, aux, hprev;
+  if (training) {
+    xs = BufferPool::empty({T * B, I}, opt);
+    gates = BufferPool::empty({T * B, 3 * H}, opt);
+    aux = BufferPool::empty({T * B, H}, opt);
+    hprev = BufferPool::empty({T * B, H}, opt);
+  }
+  auto scratch = BufferPool::empty({B * (training ? 3 * H : 6 * H + H)}, opt);
+  const Chunking ch{T, B, chunks};
+  const bool big_steps = B * H * 3 * H >= ((int64_t)1 << 20);  // worth BLAS threads when unchunked
+
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "grunet_gru_forward", [&] {
+    using S = scalar_t;
+    StepMatrix<S> W_i, W_h, W_hn;
+    const S* wh = w_hh.data_ptr<S>();
+    if (!training) W_i.init(w_ih.data_ptr<S>(), I, true, I, 3 * H);
+    if (reset_after) {
+      W_h.init(wh, H, true, H, 3 * H);
+    } else {
+      W_h.init(wh, H, true, H, 2 * H);
+      W_hn.init(wh + 2 * H * H, H, true, H, H);
+    }
+    auto ptr = [](at::Tensor& t) { return t.defined() ? t.data_ptr<S>() : nullptr; };
+    Fwd<S> f{T, B, I, H, x.data_ptr<S>(), &W_i, &W_h, &W_hn, w_ih.data_ptr<S>(), bias_g.data_ptr<S>(),
+             b_hn.data_ptr<S>(), len.defined() ? len.data_ptr<int64_t>() : nullptr, reverse, training,
+             out.data_ptr<S>(), h_n.data_ptr<S>(), ptr(xs), ptr(gates), ptr(aux), ptr(hprev), scratch.data_ptr<S>()};
+    with_activation(activation, [&](auto act) {
+      constexpr int ACT = decltype(act)::value;
+      for_batch_chunks(ch, big_steps, [&](int64_t, int64_t b0, int64_t b1) {
+        if (reset_after) f.template chunk<ACT, true>(b0, b1);
+        else f.template chunk<ACT, false>(b0, b1);
+      });
+    });
+  });
+  if (training) return {out, h_n, xs, gates, aux, hprev};
+  return {out, h_n};
+}
+
+}  // namespace grunet

@@ -1,0 +1,317 @@
+"""The fused CPU kernel (grunet.kernels.cpu) against the reference loop and torch.nn.GRU.
+
+Values and every gradient (x, h0, each weight and bias) over random shapes, both variants, the three
+recurrent activations, lengths, reverse, threads; multi-layer and bidirectional through grunet.GRU; a spy
+proving the kernel ran; the no-grad path; the fallbacks when the kernel cannot be built; and 200 steps of
+the tutorial model's training giving the reference loop's loss curve.
+"""
+import itertools
+import warnings
+import zlib
+
+import pytest
+import torch
+
+import grunet
+import grunet.kernels as kernels
+from grunet.errors import GrunetError
+from grunet.kernels import KernelUnavailable
+from grunet.reference import gru_layer as reference_layer
+
+cpu = pytest.importorskip("grunet.kernels.cpu")
+
+TOL = {torch.float32: 1e-5, torch.float64: 1e-10}
+ACTIVATIONS = ["sigmoid", "hard_sigmoid_keras2", "hard_sigmoid_keras3"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def built():
+    """Build (or load the cached) extension once; without a compiler these tests cannot run."""
+    try:
+        return cpu.load()
+    except KernelUnavailable as e:  # pragma: no cover - depends on the machine
+        pytest.skip(f"fused CPU kernel unavailable: {e}")
+
+
+def assert_close(a, b, tol, what):
+    """Max abs error <= tol, relative to the values' scale where that exceeds 1 (summed gradients)."""
+    assert a.shape == b.shape, f"{what}: shape {tuple(a.shape)} != {tuple(b.shape)}"
+    if not a.numel():
+        return
+    err, scale = (a - b).abs().max().item(), max(1.0, a.abs().max().item())
+    assert err <= tol * scale, f"{what}: max abs error {err:.3g} > {tol} * {scale:.3g}"
+
+
+def layer_inputs(T, B, I, H, dtype, reset_after, bias, seed):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(T, B, I, dtype=dtype, generator=g)
+    h0 = torch.randn(B, H, dtype=dtype, generator=g)
+    w_ih = torch.randn(3 * H, I, dtype=dtype, generator=g) / I ** 0.5
+    w_hh = torch.randn(3 * H, H, dtype=dtype, generator=g) / H ** 0.5
+    b_ih = torch.randn(3 * H, dtype=dtype, generator=g) if bias else None
+    b_hh = torch.randn(3 * H, dtype=dtype, generator=g) if bias and reset_after else None
+    g_out = torch.randn(T, B, H, dtype=dtype, generator=g)
+    g_h = torch.randn(B, H, dtype=dtype, generator=g)
+    return [x, h0, w_ih, w_hh, b_ih, b_hh], (g_out, g_h)
+
+
+def run_layer(fn, tensors, upstream, **kw):
+    """Output, h_n and the gradient of every tensor input under the loss <out, g_out> + <h_n, g_h>."""
+    leaves = [t.clone().requires_grad_() if t is not None else None for t in tensors]
+    out, h_n = fn(*leaves, **kw)
+    ((out * upstream[0]).sum() + (h_n * upstream[1]).sum()).backward()
+    return [out.detach(), h_n.detach()] + [t.grad for t in leaves if t is not None]
+
+
+NAMES = ["out", "h_n", "dx", "dh0", "dw_ih", "dw_hh", "db_ih", "db_hh"]
+SHAPES = [(1, 1, 1, 1), (5, 3, 4, 7), (9, 40, 5, 20), (4, 20, 3, 70)]  # T, B, I, H; the last two split the batch
+LAYER_CASES = list(itertools.product(
+    [torch.float32, torch.float64], [True, False], ACTIVATIONS, [False, True], [False, True], range(len(SHAPES))))
+
+
+@pytest.mark.parametrize("dtype,reset_after,activation,use_lengths,reverse,shape", LAYER_CASES)
+def test_layer_equals_reference_values_and_all_gradients(dtype, reset_after, activation, use_lengths, reverse, shape):
+    T, B, I, H = SHAPES[shape]
+    seed = zlib.crc32(repr((shape, reset_after, activation, use_lengths, reverse)).encode())
+    tensors, upstream = layer_inputs(T, B, I, H, dtype, reset_after, True, seed)
+    lengths = torch.randint(1, T + 1, (B,), generator=torch.Generator().manual_seed(seed)) if use_lengths else None
+    kw = dict(reset_after=reset_after, activation_name=activation, lengths=lengths, reverse=reverse)
+    expected = run_layer(reference_layer, tensors, upstream, **kw)
+    got = run_layer(cpu.gru_layer, tensors, upstream, **kw)
+    assert len(got) == len(expected)
+    for name, a, b in zip(NAMES, expected, got):
+        assert_close(a, b, TOL[dtype], name)
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize("reset_after,bias", [(True, True), (True, False), (False, True), (False, False)])
+def test_threads_and_no_bias(threads, reset_after, bias):
+    T, B, I, H = 6, 37, 4, 9
+    tensors, upstream = layer_inputs(T, B, I, H, torch.float64, reset_after, bias, seed=threads)
+    lengths = torch.randint(1, T + 1, (B,), generator=torch.Generator().manual_seed(5))
+    kw = dict(reset_after=reset_after, activation_name="sigmoid", lengths=lengths, reverse=False)
+    expected = run_layer(reference_layer, tensors, upstream, **kw)
+    cpu.set_threads(threads)
+    try:
+        got = run_layer(cpu.gru_layer, tensors, upstream, **kw)
+    finally:
+        cpu.set_threads(None)
+    for name, a, b in zip(NAMES, expected, got):
+        assert_close(a, b, 1e-10, name)
+
+
+# ----------------------------------------------------------------------------------------------------
+# through grunet.GRU: stacked, bidirectional, batch_first, against torch.nn.GRU and the reference
+GRU_CASES = list(itertools.product(
+    [torch.float32, torch.float64], [(1, 1, 1, 1), (7, 3, 5, 4), (28, 50, 28, 75)], [1, 2], [False, True], [False, True]))
+
+
+@pytest.mark.parametrize("dtype,shape,layers,bidirectional,batch_first", GRU_CASES)
+def test_gru_module_equals_nn_gru(dtype, shape, layers, bidirectional, batch_first):
+    T, B, I, H = shape
+    torch.manual_seed(0)
+    ref = torch.nn.GRU(I, H, num_layers=layers, bidirectional=bidirectional, batch_first=batch_first, dtype=dtype)
+    ours = grunet.GRU(I, H, num_layers=layers, bidirectional=bidirectional, batch_first=batch_first, dtype=dtype,
+                      impl="fused")
+    ours.load_state_dict(ref.state_dict())
+    D = 2 if bidirectional else 1
+    x = torch.randn(*((B, T, I) if batch_first else (T, B, I)), dtype=dtype)
+    h0 = torch.randn(layers * D, B, H, dtype=dtype)
+    results = []
+    for model in (ref, ours):
+        xi, hi = x.clone().requires_grad_(), h0.clone().requires_grad_()
+        out, h_n = model(xi, hi)
+        g_out = torch.linspace(-1, 1, out.numel(), dtype=dtype).reshape(out.shape)
+        g_h = torch.linspace(1, -0.5, h_n.numel(), dtype=dtype).reshape(h_n.shape)
+        ((out * g_out).sum() + (h_n * g_h).sum()).backward()
+        results.append([out, h_n, xi.grad, hi.grad] + [p.grad for p in model.parameters()])
+    names = ["out", "h_n", "dx", "dh0"] + [name for name, _ in ref.named_parameters()]
+    for name, a, b in zip(names, *results):
+        assert_close(a, b, TOL[dtype], name)
+
+
+@pytest.mark.parametrize("reset_after,activation", [(False, "sigmoid"), (False, "hard_sigmoid_keras2"),
+                                                    (True, "hard_sigmoid_keras3")])
+def test_gru_module_variants_with_lengths_equal_reference(reset_after, activation):
+    T, B, I, H = 8, 6, 5, 7
+    kw = dict(num_layers=2, bidirectional=True, batch_first=True, reset_after=reset_after,
+              recurrent_activation=activation, dtype=torch.float64)
+    torch.manual_seed(1)
+    ref = grunet.GRU(I, H, impl="reference", **kw)
+    ours = grunet.GRU(I, H, impl="fused", **kw)
+    ours.load_state_dict(ref.state_dict())
+    x = torch.randn(B, T, I, dtype=torch.float64)
+    lengths = torch.tensor([8, 1, 5, 3, 8, 2])
+    results = []
+    for model in (ref, ours):
+        xi = x.clone().requires_grad_()
+        out, h_n = model(xi, lengths=lengths)
+        (out.sin().sum() + h_n.cos().sum()).backward()
+        results.append([out, h_n, xi.grad] + [p.grad for p in model.parameters()])
+    for name, a, b in zip(["out", "h_n", "dx"] + [n for n, _ in ref.named_parameters()], *results):
+        assert_close(a, b, 1e-10, name)
+
+
+# ----------------------------------------------------------------------------------------------------
+# the dispatch really runs the kernel; no-grad path; fallbacks
+@pytest.fixture
+def spy(monkeypatch):
+    """Counts calls of grunet.kernels.cpu.gru_layer, which the dispatch returns for impl fused/auto."""
+    calls = []
+    real = cpu.gru_layer
+
+    def wrapped(*args, **kw):
+        calls.append(kw)
+        return real(*args, **kw)
+
+    monkeypatch.setattr(cpu, "gru_layer", wrapped)
+    return calls
+
+
+@pytest.mark.parametrize("impl", ["fused", "auto"])
+def test_spy_proves_fused_kernel_ran(spy, impl):
+    model = grunet.GRU(3, 4, num_layers=2, bidirectional=True, impl=impl)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # auto must not fall back here
+        out, _ = model(torch.randn(5, 2, 3))
+    out.sum().backward()
+    assert len(spy) == 4  # 2 layers x 2 directions
+    assert [kw["reverse"] for kw in spy] == [False, True, False, True]
+
+
+def test_reference_impl_does_not_use_the_kernel(spy):
+    grunet.GRU(3, 4, impl="reference")(torch.randn(5, 2, 3))
+    assert spy == []
+
+
+@pytest.fixture
+def ext_spy(monkeypatch, built):
+    """Records the `training` flag of every call of the extension's forward."""
+    flags = []
+    real = built.forward
+
+    def wrapped(*args):
+        flags.append(args[10])
+        return real(*args)
+
+    monkeypatch.setattr(built, "forward", wrapped)
+    return flags
+
+
+@pytest.mark.parametrize("reset_after", [True, False])
+def test_no_grad_path_keeps_no_gates_and_equals_grad_path(ext_spy, reset_after):
+    torch.manual_seed(2)
+    model = grunet.GRU(6, 9, num_layers=2, reset_after=reset_after, impl="fused", dtype=torch.float64)
+    x = torch.randn(30, 20, 6, dtype=torch.float64)
+    lengths = torch.randint(1, 31, (20,))
+    out_grad, h_grad = model(x, lengths=lengths)
+    assert ext_spy == [True, True] and out_grad.grad_fn is not None
+    with torch.no_grad():
+        out_ng, h_ng = model(x, lengths=lengths)
+    assert ext_spy[2:] == [False, False] and out_ng.grad_fn is None
+    for p in model.parameters():
+        p.requires_grad_(False)
+    out_nr, h_nr = model(x, lengths=lengths)  # nothing requires grad: inference path too
+    assert ext_spy[4:] == [False, False]
+    for out, h in ((out_ng, h_ng), (out_nr, h_nr)):
+        assert_close(out, out_grad.detach(), 1e-12, "out")
+        assert_close(h, h_grad.detach(), 1e-12, "h_n")
+
+
+def test_inference_blocks_of_steps_equal_reference():
+    """Long sequences run the no-grad forward in several blocks of steps, forward and reverse."""
+    T, B, I, H = 300, 3, 2, 600  # 1M / (3H) rows per block -> several blocks of steps
+    tensors, _ = layer_inputs(T, B, I, H, torch.float64, True, True, seed=3)
+    for reverse in (False, True):
+        with torch.no_grad():
+            a = reference_layer(*tensors, reverse=reverse)
+            b = cpu.gru_layer(*tensors, reverse=reverse)
+        for name, u, v in zip(["out", "h_n"], a, b):
+            assert_close(u, v, 1e-10, name)
+
+
+def _fail_load():
+    raise KernelUnavailable("simulated build failure")
+
+
+def test_fused_raises_and_auto_warns_once_when_the_kernel_cannot_load(monkeypatch):
+    monkeypatch.setattr(cpu, "load", _fail_load)
+    monkeypatch.setattr(kernels, "_warned", set())
+    model = grunet.GRU(3, 4, impl="fused")
+    x = torch.randn(5, 2, 3)
+    with pytest.raises(GrunetError, match="simulated build failure"):
+        model(x)
+    auto = grunet.GRU(3, 4, impl="auto")
+    auto.load_state_dict(model.state_dict())
+    with pytest.warns(UserWarning, match="simulated build failure") as record:
+        out, _ = auto(x)
+        auto(x)
+    assert len([w for w in record if "grunet" in str(w.message)]) == 1
+    ref = grunet.GRU(3, 4, impl="reference")
+    ref.load_state_dict(model.state_dict())
+    torch.testing.assert_close(out, ref(x)[0])
+
+
+def test_load_without_compiler_raises_kernel_unavailable(monkeypatch):
+    build = cpu.build
+    monkeypatch.setattr(build, "_module", None)
+    monkeypatch.setattr(build, "_error", None)
+    monkeypatch.setattr(build.shutil, "which", lambda name: None)
+    with pytest.raises(KernelUnavailable, match="no C\\+\\+ compiler"):
+        build.load()
+
+
+def test_cache_key_follows_sources_and_flags(monkeypatch):
+    build = cpu.build
+    key = build.cache_key()
+    assert key == build.cache_key()
+    monkeypatch.setattr(build, "CFLAGS", build.CFLAGS + ["-DGRUNET_TEST"])
+    assert build.cache_key() != key
+
+
+def test_unsupported_dtype_uses_reference():
+    tensors, _ = layer_inputs(3, 2, 2, 3, torch.float32, True, True, seed=0)
+    tensors = [t.to(torch.bfloat16) for t in tensors]
+    out, h = cpu.gru_layer(*tensors)
+    ref_out, ref_h = reference_layer(*tensors)
+    assert torch.equal(out, ref_out) and torch.equal(h, ref_h)
+
+
+# ----------------------------------------------------------------------------------------------------
+def tutorial_losses(impl, steps=200):
+    """The seed recipe's model (GRU(75) on 28 rows of 28 pixels, Dense(10), Adam 1e-3, batch 50) on
+    seeded random digits; the loss of every step."""
+    torch.manual_seed(0)
+    gru = grunet.GRU(28, 75, batch_first=True, impl=impl)
+    head = torch.nn.Linear(75, 10)
+    opt = torch.optim.Adam(list(gru.parameters()) + list(head.parameters()), lr=1e-3)
+    g = torch.Generator().manual_seed(1)
+    images = torch.rand(500, 28, 28, generator=g)
+    labels = torch.randint(0, 10, (500,), generator=g)
+    losses = []
+    for step in range(steps):
+        i = (step * 50) % 500
+        out, _ = gru(images[i:i + 50])
+        loss = torch.nn.functional.cross_entropy(head(out[:, -1]), labels[i:i + 50])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    return torch.tensor(losses)
+
+
+def test_tutorial_training_loss_curve_equals_reference():
+    fused, ref = tutorial_losses("fused"), tutorial_losses("reference")
+    assert fused[-1] < fused[0]  # it learns (the labels repeat every 10 batches)
+    torch.testing.assert_close(fused, ref, rtol=1e-4, atol=1e-5)
+
+
+def test_bench_command_writes_results(tmp_path):
+    from grunet.cli import main
+
+    path = tmp_path / "RESULTS.md"
+    code = main(["bench", "--quick", "--skip", "sweep,inference", "--repeats", "1", "--impls", "torch,fused",
+                 "--results", str(path)])
+    assert code == 0
+    text = path.read_text()
+    assert "train step B=50 T=28 I=28 H=75" in text and "fused vs torch" in text and "torch: " in text
