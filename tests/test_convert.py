@@ -383,3 +383,26 @@ def test_keras_loads_what_to_keras_h5_wrote(tmp_path, keras):
     loaded = keras.saving.load_model(tmp_path / "m.h5", compile=False)
     x = x_for(model)
     assert np.abs(np.asarray(loaded.predict(x, verbose=0)) - run(model, x)).max() < TOL
+
+
+def test_converted_keras_model_evaluates_and_predicts(tmp_path, capsys):
+    """A Keras file converted to .pt goes through grunet eval / predict like a trained run."""
+    from PIL import Image
+
+    from grunet.data import load_split, to_sequences
+
+    assert main(["convert", str(FIX / "tutorial.keras"), str(tmp_path / "tut.pt")]) == 0
+    capsys.readouterr()
+    keras_model = from_keras(FIX / "tutorial.keras", impl="reference")
+    images, labels = load_split("mnist-sample", "test")
+    with torch.no_grad():
+        probabilities = keras_model.predict_proba(to_sequences(images, "rows"))
+    accuracy = (probabilities.argmax(1) == torch.as_tensor(labels)).double().mean().item()
+    assert main(["eval", str(tmp_path / "tut.pt")]) == 0
+    assert f"accuracy: {accuracy:.4f}" in capsys.readouterr().out
+    Image.fromarray(images[7]).save(tmp_path / "d.png")
+    assert main(["predict", str(tmp_path / "tut.pt"), str(tmp_path / "d.png")]) == 0
+    line = capsys.readouterr().out.strip()
+    assert line.split(": ")[1].split()[0] == str(int(probabilities[7].argmax()))
+    printed = [float(v) for v in line.split("[")[1].rstrip("]").split()]
+    assert np.allclose(printed, probabilities[7].numpy(), atol=5e-4)
