@@ -310,8 +310,60 @@ def test_bench_command_writes_results(tmp_path):
     from grunet.cli import main
 
     path = tmp_path / "RESULTS.md"
-    code = main(["bench", "--quick", "--skip", "sweep,inference", "--repeats", "1", "--impls", "torch,fused",
+    code = main(["bench", "--quick", "--skip", "sweep,inference,keras", "--repeats", "1", "--impls", "torch,fused",
                  "--results", str(path)])
     assert code == 0
     text = path.read_text()
     assert "train step B=50 T=28 I=28 H=75" in text and "fused vs torch" in text and "torch: " in text
+
+
+def test_bench_times_keras_when_importable(tmp_path):
+    """With Keras 3 importable (on JAX when KERAS_BACKEND is unset), the training step is also timed in Keras."""
+    import grunet.bench as bench
+
+    keras, info = bench.load_keras()  # sets KERAS_BACKEND=jax before the import where it can
+    if keras is None:
+        pytest.skip(info)
+    from grunet.cli import main
+
+    path = tmp_path / "RESULTS.md"
+    code = main(["bench", "--quick", "--skip", "sweep,inference", "--repeats", "1", "--impls", "torch,fused",
+                 "--adam", "fused", "--results", str(path)])
+    assert code == 0
+    text = path.read_text()
+    assert "Against Keras 3" in text and "fused vs keras" in text and "Adam(fused=True)" in text
+
+
+INFERENCE_CASES = list(itertools.product(
+    [torch.float32, torch.float64], [True, False], ACTIVATIONS, [False, True], [False, True], [(7, 150, 28, 75), (6, 70, 5, 16), (3, 9, 4, 300)]))
+
+
+@pytest.mark.parametrize("dtype,reset_after,activation,use_lengths,reverse,shape", INFERENCE_CASES)
+def test_inference_path_equals_reference(dtype, reset_after, activation, use_lengths, reverse, shape):
+    """The no-grad forward (padded gate blocks, blocks of rows; the last shape takes the big-weights loop)
+    over several row blocks and both threads, against the reference loop."""
+    T, B, I, H = shape
+    seed = zlib.crc32(repr(("inference", shape, reset_after, activation, use_lengths, reverse)).encode())
+    tensors, _ = layer_inputs(T, B, I, H, dtype, reset_after, True, seed)
+    lengths = torch.randint(1, T + 1, (B,), generator=torch.Generator().manual_seed(seed)) if use_lengths else None
+    kw = dict(reset_after=reset_after, activation_name=activation, lengths=lengths, reverse=reverse)
+    with torch.no_grad():
+        expected = reference_layer(*tensors, **kw)
+        got = cpu.gru_layer(*tensors, **kw)
+    for name, a, b in zip(["out", "h_n"], expected, got):
+        assert_close(a, b, TOL[dtype], name)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_strided_batch_first_input_equals_contiguous(dtype):
+    """x is read through its strides (a batch-first view, transposed): same values and gradients."""
+    T, B, I, H = 6, 40, 5, 20
+    tensors, upstream = layer_inputs(T, B, I, H, dtype, True, True, seed=11)
+    strided = [tensors[0].transpose(0, 1).contiguous().transpose(0, 1)] + tensors[1:]
+    assert not strided[0].is_contiguous()
+    for grad in (True, False):
+        with torch.set_grad_enabled(grad):
+            expected = run_layer(cpu.gru_layer, tensors, upstream) if grad else cpu.gru_layer(*tensors)
+            got = run_layer(cpu.gru_layer, strided, upstream) if grad else cpu.gru_layer(*strided)
+        for name, a, b in zip(NAMES, expected, got):
+            assert_close(a, b, 1e-12, name)

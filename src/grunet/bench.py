@@ -3,10 +3,14 @@
 Every measurement warms up first, then takes the median of ``repeats`` timings (each the mean of a few
 calls); ratios are torch.nn.GRU's median over the other's, so > 1 means faster than torch.nn.GRU.
 Implementations: "torch" (torch.nn.GRU), "reference" (grunet's PyTorch loop), "fused" (grunet's kernel).
+When Keras 3 is importable, the tutorial training step and inference are also timed in Keras (on JAX when
+KERAS_BACKEND is unset and jax is importable), on the same data in the same process.
 """
 from __future__ import annotations
 
 import datetime
+import importlib.util
+import os
 import platform
 import statistics
 import time
@@ -26,6 +30,7 @@ class Row:
     name: str
     ms: dict[str, Optional[float]] = field(default_factory=dict)  # impl -> median ms (None = skipped)
     note: str = ""
+    keras_note: str = ""
 
     def ratio(self, impl: str) -> Optional[float]:
         base, t = self.ms.get("torch"), self.ms.get(impl)
@@ -52,15 +57,17 @@ def make_gru(impl: str, I: int, H: int, batch_first: bool = True) -> nn.Module:
 
 
 # ----------------------------------------------------------------------------------------------------
-def training_step(repeats: int, impls=IMPLS, B=50, T=28, I=28, H=75) -> Row:
-    """(a) the tutorial model's training step: GRU(75) -> Linear(10), cross-entropy, Adam."""
+def training_step(repeats: int, impls=IMPLS, B=50, T=28, I=28, H=75, keras: bool = False,
+                  adam: Optional[dict] = None) -> Row:
+    """(a) the tutorial model's training step: GRU(75) -> Linear(10), cross-entropy, Adam (the same Adam
+    options, e.g. {"foreach": True}, for every implementation); with keras, also Keras 3's train_on_batch."""
     g = torch.Generator().manual_seed(0)
     x, y = torch.rand(B, T, I, generator=g), torch.randint(0, 10, (B,), generator=g)
     row = Row(f"train step B={B} T={T} I={I} H={H}")
     steps = {}
     for impl in impls:
         gru, head = make_gru(impl, I, H), nn.Linear(H, 10)
-        opt = torch.optim.Adam(list(gru.parameters()) + list(head.parameters()), lr=1e-3)
+        opt = torch.optim.Adam(list(gru.parameters()) + list(head.parameters()), lr=1e-3, **(adam or {}))
 
         def step(gru=gru, head=head, opt=opt):
             opt.zero_grad()
@@ -69,14 +76,23 @@ def training_step(repeats: int, impls=IMPLS, B=50, T=28, I=28, H=75) -> Row:
             opt.step()
 
         steps[impl] = step
-    for impl in impls:  # warm every model before timing any
-        median_ms(steps[impl], 1, warmup=5)
-    for impl in impls:
-        row.ms[impl] = median_ms(steps[impl], repeats, number=10)
+    for impl in steps:  # warm every model before timing any
+        median_ms(steps[impl], 1, warmup=10)
+    # round robin: each repeat times every implementation once, so that drift in the machine's speed
+    # (other processes, clocks) falls on all of them alike; the median of each is reported
+    times: dict[str, list[float]] = {impl: [] for impl in steps}
+    for _ in range(repeats):
+        for impl, step in steps.items():
+            times[impl].append(median_ms(step, 1, number=10, warmup=0))
+    for impl, t in times.items():
+        row.ms[impl] = statistics.median(t)
+    if keras and _keras is not None:  # timed on its own: JAX's threads and torch's would contend if interleaved
+        row.ms["keras"] = median_ms(keras_training_step(x, y, H), repeats, number=10, warmup=10)
+        row.keras_note = "train_on_batch"
     return row
 
 
-def inference(repeats: int, impls=IMPLS, n=10_000, batch=1000, T=28, I=28, H=75) -> Row:
+def inference(repeats: int, impls=IMPLS, n=10_000, batch=1000, T=28, I=28, H=75, keras: bool = False) -> Row:
     """(c) throughput of the tutorial model (GRU + Linear) over n sequences, no grad; ms per n."""
     x = torch.rand(n, T, I, generator=torch.Generator().manual_seed(0))
     row = Row(f"inference {n} seqs (batch {batch})")
@@ -91,6 +107,8 @@ def inference(repeats: int, impls=IMPLS, n=10_000, batch=1000, T=28, I=28, H=75)
 
         row.ms[impl] = median_ms(run, max(3, repeats // 3), warmup=1)
     row.note = "seq/s: " + ", ".join(f"{k} {n / (v / 1e3):,.0f}" for k, v in row.ms.items() if v)
+    if keras and _keras is not None:
+        row.ms["keras"], row.keras_note = keras_inference(x, batch, max(3, repeats // 3), H)
     return row
 
 
@@ -128,6 +146,101 @@ def sweep_shapes(quick: bool) -> list[tuple[int, int, int]]:
     if quick:
         return [(B, H, 28) for B in (1, 50) for H in (75, 256)]
     return [(B, H, T) for B in (1, 50, 256) for H in (75, 256, 1024) for T in (28, 784)]
+
+
+# ----------------------------------------------------------------------------------------------------
+# Keras 3 (the tutorial's framework), timed on the same data in the same process
+_keras = None
+_keras_error: Optional[str] = None
+
+
+def load_keras():
+    """(keras module or None, a one-line status). Sets KERAS_BACKEND=jax first when it is unset and jax is
+    importable (Keras 3's default backend, tensorflow, is usually not installed beside torch)."""
+    global _keras, _keras_error
+    if _keras is not None:
+        return _keras, keras_info()
+    if _keras_error is not None:
+        return None, _keras_error
+    if importlib.util.find_spec("keras") is None:
+        _keras_error = "keras: not installed, not timed"
+        return None, _keras_error
+    if "KERAS_BACKEND" not in os.environ and importlib.util.find_spec("jax") is not None:
+        os.environ["KERAS_BACKEND"] = "jax"
+    try:
+        import keras
+
+        if int(keras.__version__.split(".")[0]) < 3:
+            raise ImportError(f"keras {keras.__version__} is not Keras 3")
+    except Exception as e:  # e.g. the default tensorflow backend is not installed
+        _keras_error = f"keras: installed but not importable ({type(e).__name__}: {e}), not timed"
+        return None, _keras_error
+    _keras = keras
+    return keras, keras_info()
+
+
+def keras_info() -> str:
+    keras = _keras
+    backend = keras.backend.backend()
+    version = ""
+    if backend == "jax":
+        import jax
+
+        version = f" {jax.__version__}"
+    return f"keras: {keras.__version__} on {backend}{version}"
+
+
+def keras_model(T: int, I: int, H: int):
+    """The tutorial model in Keras 3: Input (T, I) -> GRU(H) -> Dense(10, softmax), Adam 1e-3."""
+    keras = _keras
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((T, I)), keras.layers.GRU(H), keras.layers.Dense(10, activation="softmax")])
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="sparse_categorical_crossentropy")
+    return model
+
+
+def keras_training_step(x: torch.Tensor, y: torch.Tensor, H: int) -> Callable[[], object]:
+    """A function running one train_on_batch of the tutorial model on (x (B, T, I), y (B,))."""
+    xb, yb = x.numpy(), y.numpy()
+    model = keras_model(x.shape[1], x.shape[2], H)
+    return lambda: model.train_on_batch(xb, yb)
+
+
+def keras_inference(x: torch.Tensor, batch: int, repeats: int, H: int) -> tuple[float, str]:
+    """ms for the tutorial model over all of x (n, T, I) in batches: the faster of model.predict and a
+    jitted stateless call (JAX backend); returns (ms, note)."""
+    model = keras_model(x.shape[1], x.shape[2], H)
+    n = x.shape[0]
+    xs = x.numpy()
+    times = {"predict": median_ms(lambda: model.predict(xs, batch_size=batch, verbose=0), repeats, warmup=1)}
+    if _keras.backend.backend() == "jax":
+        import jax
+
+        tv = [v.value for v in model.trainable_variables]
+        ntv = [v.value for v in model.non_trainable_variables]
+        call = jax.jit(lambda tv, xb: model.stateless_call(tv, ntv, xb)[0])
+        parts = [jax.numpy.asarray(xs[i:i + batch]) for i in range(0, n, batch)]
+
+        def run():
+            for p in parts:
+                call(tv, p).block_until_ready()
+
+        times["jitted call"] = median_ms(run, repeats, warmup=1)
+    best = min(times, key=times.get)
+    return times[best], "keras " + ", ".join(f"{k} {v:.1f} ms" for k, v in times.items())
+
+
+def keras_table(rows: list[Row]) -> str:
+    """fused and torch.nn.GRU against Keras 3: ratio = Keras time / other time (> 1 = faster than Keras)."""
+    lines = ["| case | keras ms | torch ms | fused ms | torch vs keras | fused vs keras | note |", "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        k = r.ms.get("keras")
+        if not k:
+            continue
+        cells = [f"{r.ms[i]:.3f}" if r.ms.get(i) else "-" for i in ("keras", "torch", "fused")]
+        ratios = [f"{k / r.ms[i]:.2f}x" if r.ms.get(i) else "-" for i in ("torch", "fused")]
+        lines.append(f"| {r.name} | " + " | ".join(cells + ratios) + f" | {r.keras_note} |")
+    return "\n".join(lines)
 
 
 # ----------------------------------------------------------------------------------------------------

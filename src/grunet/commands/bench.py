@@ -1,13 +1,12 @@
 """grunet bench: time torch.nn.GRU, grunet's reference loop and its fused kernel in one process.
 
 (a) the tutorial model's training step, (b) a sweep of forward+backward over batch x hidden x length,
-(c) inference throughput on 10,000 sequences. Medians of --repeats after warm-up; ratios vs torch.nn.GRU.
+(c) inference throughput on 10,000 sequences; (a) and (c) also in Keras 3 when it is importable. Medians of --repeats after warm-up; ratios vs torch.nn.GRU.
 The timing logic is in grunet.bench.
 """
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
 import tempfile
 
@@ -22,7 +21,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--repeats", type=int, default=15, help="timed repeats per case; the median is reported")
     p.add_argument("--quick", action="store_true", help="a small sweep and fewer repeats")
     p.add_argument("--impls", default=",".join(bench.IMPLS), help="comma list of torch, reference, fused")
-    p.add_argument("--skip", default="", help="comma list of parts to skip: train, sweep, inference")
+    p.add_argument("--skip", default="", help="comma list of parts to skip: train, sweep, inference, keras")
+    p.add_argument("--adam", choices=("default", "foreach", "fused"), default="default",
+                   help="torch.optim.Adam implementation in the training step (the same for every impl)")
     p.add_argument("--max-call-seconds", type=float, default=2.0,
                    help="sweep: skip an implementation whose single call takes longer (default 2)")
     p.add_argument("--results", default=None, metavar="PATH", help="also write the tables to this Markdown file")
@@ -38,27 +39,25 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     repeats = min(args.repeats, 5) if args.quick else args.repeats
     skip = set(args.skip.split(","))
+    adam = {"foreach": True} if args.adam == "foreach" else {"fused": True} if args.adam == "fused" else {}
     if "fused" in impls:  # build outside the timings, and say how long it took
         from ..kernels import cpu
 
         cpu.load()
         print(f"fused kernel loaded in {cpu.build.build_seconds:.1f} s")
     info = bench.machine()
+    info["optimizer"] = "torch.optim.Adam" + (f"({args.adam}=True)" if adam else " (default implementation)")
     print("  ".join(f"{k}: {v}" for k, v in info.items()))
-    keras = "keras: not installed, not timed"
-    if importlib.util.find_spec("keras") is not None:
-        try:
-            import keras  # noqa: F401  (needs a backend: jax, tensorflow or torch)
-
-            keras = "keras: importable, but its timing is not implemented in this version"
-        except Exception as e:  # e.g. the default tensorflow backend is not installed
-            keras = f"keras: installed but not importable ({type(e).__name__}: {e}), not timed"
+    use_keras = "keras" not in skip
+    keras = bench.load_keras()[1] if use_keras else "keras: skipped (--skip keras)"
     print(keras)
     sections = []
+    keras_rows: list = []
     if "train" not in skip:
-        rows = [bench.training_step(repeats, impls)]
+        rows = [bench.training_step(repeats, impls, keras=use_keras, adam=adam)]
         sections.append(("Training step (forward + backward + Adam) of the tutorial model", rows))
         print(bench.table(rows, impls), flush=True)
+        keras_rows += rows
     if "sweep" not in skip:
         rows = []
         for B, H, T in bench.sweep_shapes(args.quick):
@@ -66,9 +65,12 @@ def run(args: argparse.Namespace) -> int:
             print(bench.table(rows[-1:], impls).splitlines()[-1], flush=True)
         sections.append(("Forward + backward of one GRU layer (I=28)", rows))
     if "inference" not in skip:
-        rows = [bench.inference(repeats, impls)]
+        rows = [bench.inference(repeats, impls, keras=use_keras)]
         sections.append(("Inference of the tutorial model (no grad)", rows))
         print(bench.table(rows, impls), flush=True)
+        keras_rows += rows
+    if any("keras" in r.ms for r in keras_rows):
+        print(bench.keras_table(keras_rows), flush=True)
     if args.results:
         text = ["# grunet benchmark results", "",
                 "Written by `grunet bench`. Medians after warm-up; ratios are torch.nn.GRU time / other time "
@@ -76,6 +78,9 @@ def run(args: argparse.Namespace) -> int:
         text += [f"- {k}: {v}" for k, v in info.items()] + [f"- {keras}", ""]
         for title, rows in sections:
             text += [f"## {title}", "", bench.table(rows, impls), ""]
+        if any("keras" in r.ms for r in keras_rows):
+            text += ["## Against Keras 3 (ratio = Keras time / other time, > 1 = faster than Keras)", "",
+                     bench.keras_table(keras_rows), ""]
         directory = os.path.dirname(os.path.abspath(args.results))
         os.makedirs(directory, exist_ok=True)
         with tempfile.NamedTemporaryFile("w", dir=directory, delete=False, suffix=".tmp") as f:

@@ -23,6 +23,9 @@
 namespace grunet {
 namespace {
 
+// rows per block of the inference time loop (a multiple of small_gemm's 4-row tiles)
+constexpr int64_t kInferenceRows = 64;
+
 // The last H % W units of a row. A simd loop over H would leave them to scalar expf/tanhf calls (~20 ns
 // each, a quarter of the forward for H = 75); instead they are copied into one zero-padded vector and go
 // through the vector functions with the rest.
@@ -44,7 +47,8 @@ struct Tail {
 template <typename S>
 struct Fwd {
   int64_t T, B, I, H;
-  const S* x;             // (T, B, I) user layout
+  const S* x;             // (T, B, I) user layout, strides (sT, sB, 1)
+  int64_t sT, sB;
   const StepMatrix<S>* W_i;   // op = W_ih^T (I, 3H): inference computes G step by step
   const StepMatrix<S>* W_h;   // reset-after W_hh^T (H, 3H); reset-before W_h[rz]^T (H, 2H)
   const StepMatrix<S>* W_hn;  // reset-before W_hn^T (H, H)
@@ -73,7 +77,8 @@ struct Fwd {
     S* rh_inf = G_inf + nb * H3;
     if (training) {
       for (int64_t t = 0; t < T; ++t)  // chunk-major copy of x for the GEMMs (here and in backward)
-        std::copy(x + (t * B + b0) * I, x + (t * B + b1) * I, xs + (base + t * nb) * I);
+        for (int64_t b = b0; b < b1; ++b)
+          std::copy(x + t * sT + b * sB, x + t * sT + b * sB + I, xs + (base + t * nb + b - b0) * I);
       // G = xs W_ih^T for all steps of the chunk at once (bias added in the gate pass)
       gemm<S>(false, true, T * nb, H3, I, S(1), xs + base * I, I, w_ih, I, S(0), gates + base * H3, H3);
       std::copy(h_n + b0 * H, h_n + b1 * H, hprev + (base + time_of(0) * nb) * H);  // h_n holds h0 here
@@ -83,7 +88,7 @@ struct Fwd {
       const S* hp_all = training ? hprev + row * H : h_n + b0 * H;
       S* hn_all = training ? (s + 1 < T ? hprev + (base + time_of(s + 1) * nb) * H : h_n + b0 * H) : h_n + b0 * H;
       S* g_all = training ? gates + row * H3 : G_inf;
-      if (!training) W_i->mul(nb, x + (t * B + b0) * I, I, G_inf, H3, false);  // G for this step
+      if (!training) W_i->mul(nb, x + t * sT + b0 * sB, sB, G_inf, H3, false);  // G for this step
       W_h->mul(nb, hp_all, H, gh, H3, false);  // reset-after: W_hh h; reset-before: W_h[rz] h
       if (!RESET_AFTER) {
         S* rh_all = training ? aux + row * H : rh_inf;
@@ -207,6 +212,114 @@ struct Fwd {
   }
 };
 
+// Inference with small weights (the tutorial model): a leaner loop than Fwd's. Gate blocks are padded to
+// Hp = H rounded up to whole vectors, so that every product and every gate pass runs on whole vectors (no
+// tail units), and each thread keeps per block of rows one buffer xh = [x_t | h] (rows, I + Hp):
+//   rz = [x_t | h] [W_ir W_iz; W_hr W_hz]^T + (b_ir + b_hr | b_iz + b_hz)   one product, K = I + H
+//   gn = x_t W_in^T + b_in
+//   reset-after:  an = h W_hn^T + b_hn;  n = tanh(gn + sigma(rz_r) * an)
+//   reset-before: gn += (sigma(rz_r) h) W_hn^T;  n = tanh(gn)
+//   h' = n + sigma(rz_z) (h - n), written over h inside xh and copied to out.
+// The biases are the products' initial values, so the gate pass reads 4 values per unit instead of 10.
+template <typename S>
+struct Infer {
+  static constexpr int W = Vec<S>::kWidth;
+  int64_t T, B, I, H, Hp;
+  const S* x;        // (T, B, I) with strides (sT, sB, 1): the caller's batch-first view needs no copy
+  int64_t sT, sB;
+  const int64_t* len;
+  bool reverse;
+  PackedB<S> Wrz, Wxn, Whn;                  // (I+H, 2Hp), (I, Hp), (H, Hp)
+  std::vector<S> brz, bxn, bhn;              // (2Hp), (Hp), (Hp)
+  S* out;                                    // (T, B, H)
+  S* h_n;                                    // (B, H): h0 in, h_n out
+
+  static int64_t padded(int64_t H) { return (H + W - 1) / W * W; }
+
+  // bias_g (3H): b_ih + (b_hr, b_hz, 0) (reset-before: the one bias); b_hn (H): reset-after's, else 0
+  void init(const S* w_ih, const S* w_hh, const S* bias_g, const S* b_hn) {
+    Hp = padded(H);
+    std::vector<S> m((I + H) * 2 * Hp, S(0));
+    for (int64_t g = 0; g < 2; ++g)
+      for (int64_t u = 0; u < H; ++u) {
+        for (int64_t k = 0; k < I; ++k) m[k * 2 * Hp + g * Hp + u] = w_ih[(g * H + u) * I + k];
+        for (int64_t k = 0; k < H; ++k) m[(I + k) * 2 * Hp + g * Hp + u] = w_hh[(g * H + u) * H + k];
+      }
+    Wrz.pack(m.data(), 2 * Hp, false, I + H, 2 * Hp);
+    m.assign(I * Hp, S(0));
+    for (int64_t u = 0; u < H; ++u)
+      for (int64_t k = 0; k < I; ++k) m[k * Hp + u] = w_ih[(2 * H + u) * I + k];
+    Wxn.pack(m.data(), Hp, false, I, Hp);
+    m.assign(H * Hp, S(0));
+    for (int64_t u = 0; u < H; ++u)
+      for (int64_t k = 0; k < H; ++k) m[k * Hp + u] = w_hh[(2 * H + u) * H + k];
+    Whn.pack(m.data(), Hp, false, H, Hp);
+    brz.assign(2 * Hp, S(0));
+    bxn.assign(Hp, S(0));
+    bhn.assign(Hp, S(0));
+    for (int64_t u = 0; u < H; ++u) {
+      brz[u] = bias_g[u];
+      brz[Hp + u] = bias_g[H + u];
+      bxn[u] = bias_g[2 * H + u];
+      bhn[u] = b_hn[u];
+    }
+  }
+
+  // rows [b0, b1) through the whole sequence, kInferenceRows rows at a time
+  template <int ACT, bool RESET_AFTER>
+  void chunk(int64_t b0, int64_t b1) const {
+    const int64_t R = kInferenceRows, ldx = I + Hp;
+    std::vector<S> buf(R * (ldx + 4 * Hp) + 4 * W, S(0));
+    S* xh = buf.data();
+    S* rz = xh + R * ldx;
+    S* gn = rz + R * 2 * Hp;
+    S* an = gn + R * Hp;  // reset-after W_hn h + b_hn; reset-before r * h
+    for (int64_t r0 = b0; r0 < b1; r0 += R) {
+      const int64_t nb = std::min(R, b1 - r0);
+      for (int64_t i = 0; i < nb; ++i) std::copy(h_n + (r0 + i) * H, h_n + (r0 + i + 1) * H, xh + i * ldx + I);
+      for (int64_t s = 0; s < T; ++s) {
+        const int64_t t = reverse ? T - 1 - s : s;
+        for (int64_t i = 0; i < nb; ++i)
+          std::copy(x + t * sT + (r0 + i) * sB, x + t * sT + (r0 + i) * sB + I, xh + i * ldx);
+        small_gemm<S>(nb, xh, ldx, Wrz, rz, 2 * Hp, false, brz.data());
+        small_gemm<S>(nb, xh, ldx, Wxn, gn, Hp, false, bxn.data());
+        if (RESET_AFTER) {
+          small_gemm<S>(nb, xh + I, ldx, Whn, an, Hp, false, bhn.data());
+        } else {
+          for (int64_t i = 0; i < nb; ++i) {
+            const S* __restrict pr = rz + i * 2 * Hp;
+            const S* __restrict h = xh + i * ldx + I;
+            S* __restrict rh = an + i * Hp;
+#pragma omp simd
+            for (int64_t j = 0; j < Hp; ++j) rh[j] = sigma<ACT>(pr[j]) * h[j];
+          }
+          small_gemm<S>(nb, an, Hp, Whn, gn, Hp, true);  // gn += (r h) W_hn^T
+        }
+        for (int64_t i = 0; i < nb; ++i) {
+          const int64_t b = r0 + i;
+          S* o = out + (t * B + b) * H;
+          if (len && t >= len[b]) {  // padding: keep the state, output zero
+            std::fill(o, o + H, S(0));
+            continue;
+          }
+          const S* __restrict pr = rz + i * 2 * Hp;
+          const S* __restrict pn = gn + i * Hp;
+          const S* __restrict pa = an + i * Hp;
+          S* h = xh + i * ldx + I;  // read, then written at the same unit
+#pragma omp simd
+          for (int64_t j = 0; j < Hp; ++j) {
+            const S z = sigma<ACT>(pr[Hp + j]);
+            const S n = RESET_AFTER ? tanh_(pn[j] + sigma<ACT>(pr[j]) * pa[j]) : tanh_(pn[j]);
+            h[j] = n + z * (h[j] - n);
+          }
+          std::copy(h, h + H, o);
+        }
+      }
+      for (int64_t i = 0; i < nb; ++i) std::copy(xh + i * ldx + I, xh + i * ldx + I + H, h_n + (r0 + i) * H);
+    }
+  }
+};
+
 }  // namespace
 
 // Returns [out (T,B,H), h_n (B,H)] and, when training, the chunk-major [xs, gates, aux, hprev].
@@ -218,8 +331,12 @@ std::vector<at::Tensor> gru_forward(const at::Tensor& x_in, const at::Tensor& h0
   TORCH_CHECK(x_in.dim() == 3 && h0.dim() == 2, "grunet: x must be (T, B, I) and h0 (B, H)");
   TORCH_CHECK(x_in.scalar_type() == at::kFloat || x_in.scalar_type() == at::kDouble,
               "grunet: the fused CPU kernel takes float32 or float64");
-  const auto x = x_in.contiguous(), w_ih = w_ih_in.contiguous(), w_hh = w_hh_in.contiguous();
-  const int64_t T = x.size(0), B = x.size(1), I = x.size(2), H = h0.size(1);
+  const int64_t T = x_in.size(0), B = x_in.size(1), I = x_in.size(2), H = h0.size(1);
+  // x is read through its strides (the caller's batch-first view needs no transposing copy)
+  const auto x = x_in.stride(2) == 1 && x_in.stride(1) >= I && x_in.stride(0) >= I ? x_in : x_in.contiguous();
+  // inference with small weights: the Infer loop (its packed weights stay in L2)
+  const bool lean = !training && (I + H) * 3 * (H + 15) * (int64_t)x_in.element_size() <= ((int64_t)1 << 20);
+  const auto w_ih = w_ih_in.contiguous(), w_hh = w_hh_in.contiguous();
   TORCH_CHECK(h0.size(0) == B && w_ih.size(0) == 3 * H && w_ih.size(1) == I && w_hh.size(0) == 3 * H &&
                   w_hh.size(1) == H, "grunet: shape mismatch between x, h0, w_ih and w_hh");
   TORCH_CHECK(chunks >= 1 && chunks <= std::max<int64_t>(B, 1), "grunet: chunks must be in [1, B]");
@@ -249,6 +366,21 @@ std::vector<at::Tensor> gru_forward(const at::Tensor& x_in, const at::Tensor& h0
 
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "grunet_gru_forward", [&] {
     using S = scalar_t;
+    if (lean) {
+      Infer<S> inf{T, B, I, H, 0, x.data_ptr<S>(), x.stride(0), x.stride(1),
+                   len.defined() ? len.data_ptr<int64_t>() : nullptr, reverse};
+      inf.init(w_ih.data_ptr<S>(), w_hh.data_ptr<S>(), bias_g.data_ptr<S>(), b_hn.data_ptr<S>());
+      inf.out = out.data_ptr<S>();
+      inf.h_n = h_n.data_ptr<S>();
+      with_activation(activation, [&](auto act) {
+        constexpr int ACT = decltype(act)::value;
+        for_batch_chunks(ch, false, [&](int64_t, int64_t b0, int64_t b1) {
+          if (reset_after) inf.template chunk<ACT, true>(b0, b1);
+          else inf.template chunk<ACT, false>(b0, b1);
+        });
+      });
+      return;
+    }
     StepMatrix<S> W_i, W_h, W_hn;
     const S* wh = w_hh.data_ptr<S>();
     if (!training) W_i.init(w_ih.data_ptr<S>(), I, true, I, 3 * H);
@@ -259,14 +391,21 @@ std::vector<at::Tensor> gru_forward(const at::Tensor& x_in, const at::Tensor& h0
       W_hn.init(wh + 2 * H * H, H, true, H, H);
     }
     auto ptr = [](at::Tensor& t) { return t.defined() ? t.data_ptr<S>() : nullptr; };
-    Fwd<S> f{T, B, I, H, x.data_ptr<S>(), &W_i, &W_h, &W_hn, w_ih.data_ptr<S>(), bias_g.data_ptr<S>(),
+    Fwd<S> f{T, B, I, H, x.data_ptr<S>(), x.stride(0), x.stride(1), &W_i, &W_h, &W_hn, w_ih.data_ptr<S>(), bias_g.data_ptr<S>(),
              b_hn.data_ptr<S>(), len.defined() ? len.data_ptr<int64_t>() : nullptr, reverse, training,
              out.data_ptr<S>(), h_n.data_ptr<S>(), ptr(xs), ptr(gates), ptr(aux), ptr(hprev), scratch.data_ptr<S>()};
     with_activation(activation, [&](auto act) {
       constexpr int ACT = decltype(act)::value;
       for_batch_chunks(ch, big_steps, [&](int64_t, int64_t b0, int64_t b1) {
-        if (reset_after) f.template chunk<ACT, true>(b0, b1);
-        else f.template chunk<ACT, false>(b0, b1);
+        // Inference: rows are independent and nothing is kept per step, so each thread runs the whole
+        // sequence on blocks of kInferenceRows rows at a time: the block's G, W_hh h and h stay in L1/L2
+        // instead of streaming a (rows, 7H) scratch through L3 every step.
+        const int64_t step = training ? std::max<int64_t>(b1 - b0, 1) : kInferenceRows;
+        for (int64_t r0 = b0; r0 < b1; r0 += step) {
+          const int64_t r1 = std::min(b1, r0 + step);
+          if (reset_after) f.template chunk<ACT, true>(r0, r1);
+          else f.template chunk<ACT, false>(r0, r1);
+        }
       });
     });
   });

@@ -54,7 +54,7 @@ namespace detail {
 // One MR x (NV * W) tile of C = A @ B (+ C if accumulate); `cols` <= NV * W valid columns of C.
 template <typename S, int MR, int NV>
 inline void tile(int64_t K, const S* A, int64_t lda, const S* Bp, int64_t ldb, S* C, int64_t ldc, int64_t cols,
-                 bool accumulate, int64_t rows) {
+                 bool accumulate, int64_t rows, const S* bias) {
   using V = typename Vec<S>::type;
   using VU = typename Vec<S>::type_u;
   constexpr int W = Vec<S>::kWidth;
@@ -62,7 +62,7 @@ inline void tile(int64_t K, const S* A, int64_t lda, const S* Bp, int64_t ldb, S
 #pragma GCC unroll 16
   for (int i = 0; i < MR; ++i)
 #pragma GCC unroll 16
-    for (int v = 0; v < NV; ++v) acc[i][v] = V{} ;
+    for (int v = 0; v < NV; ++v) acc[i][v] = bias ? V(*reinterpret_cast<const VU*>(bias + v * W)) : V{};
   for (int64_t k = 0; k < K; ++k) {
     V b[NV];
 #pragma GCC unroll 16
@@ -94,9 +94,11 @@ inline void tile(int64_t K, const S* A, int64_t lda, const S* Bp, int64_t ldb, S
 
 }  // namespace detail
 
-// C (M, N) = A (M, K) @ B (+ C when accumulate); A row-major with row stride lda, C with ldc.
+// C (M, N) = A (M, K) @ B (+ C when accumulate) (+ bias (N,) on every row, when given: it must hold
+// B.Np values, the padding included); A row-major with row stride lda, C with ldc.
 template <typename S>
-void small_gemm(int64_t M, const S* A, int64_t lda, const PackedB<S>& B, S* C, int64_t ldc, bool accumulate) {
+void small_gemm(int64_t M, const S* A, int64_t lda, const PackedB<S>& B, S* C, int64_t ldc, bool accumulate,
+                const S* bias = nullptr) {
   constexpr int W = Vec<S>::kWidth;
   constexpr int MR = 4, NV = 3;  // 12 accumulators + 3 B vectors + a broadcast: fits 32 AVX-512 registers
   const int64_t K = B.K, N = B.N, Np = B.Np;
@@ -108,12 +110,13 @@ void small_gemm(int64_t M, const S* A, int64_t lda, const PackedB<S>& B, S* C, i
       const S* a = A + i0 * lda;
       const S* b = B.data + j0;
       S* c = C + i0 * ldc + j0;
+      const S* bj = bias ? bias + j0 : nullptr;
       // full-height tiles use all MR rows; the last rows run a smaller instantiation
       auto run = [&](auto mr) {
         constexpr int R = decltype(mr)::value;
-        if (nv == 3) detail::tile<S, R, 3>(K, a, lda, b, Np, c, ldc, cols, accumulate, rows);
-        else if (nv == 2) detail::tile<S, R, 2>(K, a, lda, b, Np, c, ldc, cols, accumulate, rows);
-        else detail::tile<S, R, 1>(K, a, lda, b, Np, c, ldc, cols, accumulate, rows);
+        if (nv == 3) detail::tile<S, R, 3>(K, a, lda, b, Np, c, ldc, cols, accumulate, rows, bj);
+        else if (nv == 2) detail::tile<S, R, 2>(K, a, lda, b, Np, c, ldc, cols, accumulate, rows, bj);
+        else detail::tile<S, R, 1>(K, a, lda, b, Np, c, ldc, cols, accumulate, rows, bj);
       };
       switch (rows) {
         case 4: run(std::integral_constant<int, 4>{}); break;
