@@ -233,7 +233,7 @@ def test_bad_inputs_raise_value_errors_naming_the_argument():
         (lambda: g(torch.randn(2, 3, 4, 1)), r"input: expected a 2-D \(unbatched\) or 3-D tensor, got 4-D"),
         (lambda: g(torch.randn(3, 2, 6)), r"input: expected last dimension input_size=4, got shape \(3, 2, 6\)"),
         (lambda: g(x, torch.zeros(1, 2, 5)), r"h0: expected shape \(2, 2, 5\).*got \(1, 2, 5\)"),
-        (lambda: g(x, torch.zeros(2, 2, 5, dtype=torch.float64)), r"h0: expected dtype torch.float32, got torch.float64"),
+        (lambda: g(x, torch.zeros(2, 2, 5, dtype=torch.float64)), r"h0: expected dtype torch.float32 on device cpu, got torch.float64 on cpu"),
         (lambda: g(x.double()), r"input: expected dtype torch.float32 .*got torch.float64"),
         (lambda: g(x, lengths=torch.tensor([3, 4])), r"lengths: expected values in \[1, 3\].*got min 3, max 4"),
         (lambda: g(x, lengths=torch.tensor([0, 2])), r"lengths: expected values in \[1, 3\]"),

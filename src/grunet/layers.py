@@ -149,13 +149,20 @@ class GRU(nn.Module):
 
     def _check_inputs(self, input: Tensor, hx, lengths, time_major: Optional[bool] = None):
         """Validate and normalise to time-major x (T, B, I), h0 (L*D, B, H), lengths (B,) or None."""
-        expect(isinstance(input, Tensor), "input", "a torch.Tensor or PackedSequence", type(input).__name__)
-        expect(input.dim() in (2, 3), "input", "a 2-D (unbatched) or 3-D tensor", f"{input.dim()}-D shape {tuple(input.shape)}")
+        # plain ifs: the messages are built only on failure (this runs on every forward call)
+        if not isinstance(input, Tensor):
+            raise GrunetError(f"input: expected a torch.Tensor or PackedSequence, got {type(input).__name__}")
+        if input.dim() not in (2, 3):
+            raise GrunetError(f"input: expected a 2-D (unbatched) or 3-D tensor, got {input.dim()}-D shape "
+                              f"{tuple(input.shape)}")
         w = self.weight_ih_l0
-        expect(input.shape[-1] == self.input_size, "input", f"last dimension input_size={self.input_size}",
-               f"shape {tuple(input.shape)}")
-        expect(input.dtype == w.dtype, "input", f"dtype {w.dtype} (the parameters' dtype)", input.dtype)
-        expect(input.device == w.device, "input", f"device {w.device} (the parameters' device)", input.device)
+        if input.shape[-1] != self.input_size:
+            raise GrunetError(f"input: expected last dimension input_size={self.input_size}, got shape "
+                              f"{tuple(input.shape)}")
+        if input.dtype != w.dtype:
+            raise GrunetError(f"input: expected dtype {w.dtype} (the parameters' dtype), got {input.dtype}")
+        if input.device != w.device:
+            raise GrunetError(f"input: expected device {w.device} (the parameters' device), got {input.device}")
         unbatched = input.dim() == 2
         batch_first = self.batch_first if time_major is None else not time_major
         x = input.unsqueeze(0 if batch_first else 1) if unbatched else input
@@ -166,12 +173,14 @@ class GRU(nn.Module):
         if hx is None:
             h0 = torch.zeros(LD, B, H, dtype=x.dtype, device=x.device)
         else:
-            expect(isinstance(hx, Tensor), "h0", "a torch.Tensor", type(hx).__name__)
+            if not isinstance(hx, Tensor):
+                raise GrunetError(f"h0: expected a torch.Tensor, got {type(hx).__name__}")
             want = (LD, H) if unbatched else (LD, B, H)
-            expect(tuple(hx.shape) == want, "h0", f"shape {want} (num_layers*num_directions, batch, hidden_size)",
-                   tuple(hx.shape))
-            expect(hx.dtype == x.dtype, "h0", f"dtype {x.dtype}", hx.dtype)
-            expect(hx.device == x.device, "h0", f"device {x.device}", hx.device)
+            if tuple(hx.shape) != want:
+                raise GrunetError(f"h0: expected shape {want} (num_layers*num_directions, batch, hidden_size), "
+                                  f"got {tuple(hx.shape)}")
+            if hx.dtype != x.dtype or hx.device != x.device:
+                raise GrunetError(f"h0: expected dtype {x.dtype} on device {x.device}, got {hx.dtype} on {hx.device}")
             h0 = hx.unsqueeze(1) if unbatched else hx
         if lengths is not None:
             lengths = torch.as_tensor(lengths)

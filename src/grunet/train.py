@@ -252,7 +252,7 @@ def run(
     np.random.seed(config.seed % 2**32)
     random.seed(config.seed)
     model = SequenceClassifier(config.model_config(x_train.shape[2]), impl=config.impl).to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, fused=True)  # one kernel for all params
     batches = Batches(len(x_train), config.batch_size, config.shuffle, config.seed)
     loss_fn = nn.CrossEntropyLoss()
     prepare_out_dir(out, resume)  # only once the data and model are known to be good: no empty run left

@@ -7,12 +7,11 @@ The timing logic is in grunet.bench.
 from __future__ import annotations
 
 import argparse
-import os
-import tempfile
 
 import torch
 
 from .. import bench
+from ..fileio import write_text
 from ..errors import expect
 
 
@@ -22,8 +21,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quick", action="store_true", help="a small sweep and fewer repeats")
     p.add_argument("--impls", default=",".join(bench.IMPLS), help="comma list of torch, reference, fused")
     p.add_argument("--skip", default="", help="comma list of parts to skip: train, sweep, inference, keras")
-    p.add_argument("--adam", choices=("default", "foreach", "fused"), default="default",
-                   help="torch.optim.Adam implementation in the training step (the same for every impl)")
+    p.add_argument("--adam", choices=("default", "foreach", "fused"), default="fused",
+                   help="torch.optim.Adam implementation in the training step, the same for every impl "
+                        "(default fused, as grunet train uses)")
     p.add_argument("--max-call-seconds", type=float, default=2.0,
                    help="sweep: skip an implementation whose single call takes longer (default 2)")
     p.add_argument("--results", default=None, metavar="PATH", help="also write the tables to this Markdown file")
@@ -81,10 +81,6 @@ def run(args: argparse.Namespace) -> int:
         if any("keras" in r.ms for r in keras_rows):
             text += ["## Against Keras 3 (ratio = Keras time / other time, > 1 = faster than Keras)", "",
                      bench.keras_table(keras_rows), ""]
-        directory = os.path.dirname(os.path.abspath(args.results))
-        os.makedirs(directory, exist_ok=True)
-        with tempfile.NamedTemporaryFile("w", dir=directory, delete=False, suffix=".tmp") as f:
-            f.write("\n".join(text))
-        os.replace(f.name, args.results)
+        write_text(args.results, "\n".join(text))
         print(f"wrote {args.results}")
     return 0
