@@ -100,34 +100,7 @@ def test_threads_and_no_bias(threads, reset_after, bias):
         assert_close(a, b, 1e-10, name)
 
 
-# ----------------------------------------------------------------------------------------------------
-# through grunet.GRU: stacked, bidirectional, batch_first, against torch.nn.GRU and the reference
-GRU_CASES = list(itertools.product(
-    [torch.float32, torch.float64], [(1, 1, 1, 1), (7, 3, 5, 4), (28, 50, 28, 75)], [1, 2], [False, True], [False, True]))
-
-
-@pytest.mark.parametrize("dtype,shape,layers,bidirectional,batch_first", GRU_CASES)
-def test_gru_module_equals_nn_gru(dtype, shape, layers, bidirectional, batch_first):
-    T, B, I, H = shape
-    torch.manual_seed(0)
-    ref = torch.nn.GRU(I, H, num_layers=layers, bidirectional=bidirectional, batch_first=batch_first, dtype=dtype)
-    ours = grunet.GRU(I, H, num_layers=layers, bidirectional=bidirectional, batch_first=batch_first, dtype=dtype,
-                      impl="fused")
-    ours.load_state_dict(ref.state_dict())
-    D = 2 if bidirectional else 1
-    x = torch.randn(*((B, T, I) if batch_first else (T, B, I)), dtype=dtype)
-    h0 = torch.randn(layers * D, B, H, dtype=dtype)
-    results = []
-    for model in (ref, ours):
-        xi, hi = x.clone().requires_grad_(), h0.clone().requires_grad_()
-        out, h_n = model(xi, hi)
-        g_out = torch.linspace(-1, 1, out.numel(), dtype=dtype).reshape(out.shape)
-        g_h = torch.linspace(1, -0.5, h_n.numel(), dtype=dtype).reshape(h_n.shape)
-        ((out * g_out).sum() + (h_n * g_h).sum()).backward()
-        results.append([out, h_n, xi.grad, hi.grad] + [p.grad for p in model.parameters()])
-    names = ["out", "h_n", "dx", "dh0"] + [name for name, _ in ref.named_parameters()]
-    for name, a, b in zip(names, *results):
-        assert_close(a, b, TOL[dtype], name)
+# grunet.GRU with impl='fused' against torch.nn.GRU (stacked, bidirectional, batch_first): tests/test_layers.py
 
 
 @pytest.mark.parametrize("reset_after,activation", [(False, "sigmoid"), (False, "hard_sigmoid_keras2"),

@@ -12,12 +12,12 @@ from grunet.errors import GrunetError
 TOL = {torch.float32: 1e-5, torch.float64: 1e-10}
 
 
-def pair(I, H, layers, bidirectional, batch_first, dtype, bias=True, seed=0):
+def pair(I, H, layers, bidirectional, batch_first, dtype, bias=True, seed=0, impl="reference"):
     torch.manual_seed(seed)
     ref = torch.nn.GRU(I, H, num_layers=layers, bidirectional=bidirectional, batch_first=batch_first,
                        bias=bias, dtype=dtype)
     ours = grunet.GRU(I, H, num_layers=layers, bidirectional=bidirectional, batch_first=batch_first,
-                      bias=bias, dtype=dtype, impl="reference")
+                      bias=bias, dtype=dtype, impl=impl)
     ours.load_state_dict(ref.state_dict())
     return ref, ours
 
@@ -31,18 +31,19 @@ def assert_close(a, b, tol, what):
 
 
 CASES = list(itertools.product(
+    ["reference", "fused"],  # impl
     [torch.float32, torch.float64],  # dtype
-    [(1, 1, 1, 1), (7, 3, 5, 4), (28, 4, 28, 75)],  # T, B, I, H
+    [(1, 1, 1, 1), (7, 3, 5, 4), (28, 50, 28, 75)],  # T, B, I, H
     [1, 2],  # layers
     [False, True],  # bidirectional
     [False, True],  # batch_first
 ))
 
 
-@pytest.mark.parametrize("dtype,shape,layers,bidirectional,batch_first", CASES)
-def test_equals_torch_gru_values_and_all_gradients(dtype, shape, layers, bidirectional, batch_first):
+@pytest.mark.parametrize("impl,dtype,shape,layers,bidirectional,batch_first", CASES)
+def test_equals_torch_gru_values_and_all_gradients(impl, dtype, shape, layers, bidirectional, batch_first):
     T, B, I, H = shape
-    ref, ours = pair(I, H, layers, bidirectional, batch_first, dtype)
+    ref, ours = pair(I, H, layers, bidirectional, batch_first, dtype, impl=impl)
     D = 2 if bidirectional else 1
     x = torch.randn(*((B, T, I) if batch_first else (T, B, I)), dtype=dtype)
     h0 = torch.randn(layers * D, B, H, dtype=dtype)

@@ -15,3 +15,14 @@ def expect(condition: bool, what: str, expected: str, got) -> None:
     """Raise ``GrunetError("{what}: expected {expected}, got {got}")`` unless condition holds."""
     if not condition:
         raise GrunetError(f"{what}: expected {expected}, got {got}")
+
+
+def require(module: str, purpose: str, extra: str):
+    """Import an optional dependency, or say which extra installs it."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise GrunetError(f"{module}: expected the {module} package to {purpose} "
+                          f"(pip install 'grunet[{extra}]'), got ImportError") from None

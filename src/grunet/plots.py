@@ -14,9 +14,11 @@ import io
 from typing import Optional, Sequence
 
 import numpy as np
-from matplotlib.figure import Figure
 
+from .errors import require
 from .explain import GateTrace
+
+Figure = require("matplotlib.figure", "draw figures", "report").Figure
 
 DPI = 100
 

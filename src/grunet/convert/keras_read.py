@@ -25,7 +25,7 @@ from typing import Optional, Union
 import numpy as np
 import torch
 
-from ..errors import GrunetError, expect
+from ..errors import GrunetError, require, expect
 from .keras_config import KerasLayer, KerasModel, parse_model
 from .layout import keras_to_torch
 from .stack import GRUSpec, StackModel
@@ -34,12 +34,7 @@ ZIP_MAGIC, HDF5_MAGIC = b"PK\x03\x04", b"\x89HDF\r\n\x1a\n"
 
 
 def _h5py():
-    try:
-        import h5py
-    except ImportError:  # pragma: no cover - h5py is in the convert and test extras
-        raise GrunetError("h5py: expected the h5py package to read Keras files (pip install 'grunet[convert]'), "
-                          "got ImportError") from None
-    return h5py
+    return require("h5py", "read Keras files", "convert")
 
 
 def _text(value) -> str:

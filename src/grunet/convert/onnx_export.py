@@ -20,7 +20,7 @@ from typing import Union
 import numpy as np
 from torch import nn
 
-from ..errors import GrunetError
+from ..errors import require
 from ..fileio import write_bytes
 from .layout import torch_to_onnx
 from .stack import GRUSpec, StackModel, as_stack
@@ -31,12 +31,7 @@ DENSE_OPS = {"relu": "Relu", "tanh": "Tanh", "sigmoid": "Sigmoid"}
 
 
 def _onnx():
-    try:
-        import onnx
-    except ImportError:  # pragma: no cover - onnx is in the convert and test extras
-        raise GrunetError("onnx: expected the onnx package to export ONNX (pip install 'grunet[convert]'), "
-                          "got ImportError") from None
-    return onnx
+    return require("onnx", "export ONNX", "convert")
 
 
 def build_onnx(model: nn.Module, opset: int = OPSET):
