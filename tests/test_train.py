@@ -256,3 +256,18 @@ def test_torch_baseline_trains_like_grunet(tmp_path):
     assert type(model.rnn).__module__ == "grunet.layers"
     assert main(["train", "--impl", "torch", "--steps", "2", "--out", str(tmp_path / "rb")]) == 2
     assert not (tmp_path / "rb").exists()
+
+
+def test_edited_config_with_wrong_types_or_keys_is_refused(reference_run, tmp_path, capsys):
+    import shutil
+
+    for change, message in [({"lr": "fast"}, "expected lr of type float, got 'fast'"),
+                            ({"units": 16.5}, "expected units of type int, got 16.5"),
+                            ({"shuffle": 1}, "expected shuffle of type bool, got 1"),
+                            ({"colour": "red"}, "got unknown keys ['colour']")]:
+        out = tmp_path / f"edited-{len(list(tmp_path.iterdir()))}"
+        shutil.copytree(reference_run, out)
+        saved = json.loads((out / "config.json").read_text())
+        (out / "config.json").write_text(json.dumps({**saved, **change}))
+        assert main(["train", "--resume", str(out)]) == 2
+        assert message in capsys.readouterr().err

@@ -14,7 +14,8 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import Tensor, nn
 
-from .errors import GrunetError, expect
+from .config import from_dict as config_from_dict
+from .errors import expect
 from .layers import GRU, init_rnn_weights
 
 CELLS = ("gru", "lstm")
@@ -36,13 +37,8 @@ class ModelConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "ModelConfig":
-        known = set(cls.__dataclass_fields__)
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise GrunetError(f"model config: expected keys from {sorted(known)}, got unknown {unknown}")
-        return cls(**d)
-
+    def from_dict(cls, d: dict, where: str = "model config") -> "ModelConfig":
+        return config_from_dict(cls, d, where)
 
 def _keras_init(rnn: nn.Module, forget_bias: bool = False) -> None:
     """Keras's defaults on a torch RNN; for an LSTM also unit_forget_bias (forget gate bias 1; torch's gate

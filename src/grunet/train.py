@@ -22,7 +22,7 @@ import os
 import random
 import signal
 import time
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from . import __version__
+from .config import from_dict as config_from_dict
 from .checkpoint import load_checkpoint, save_checkpoint
 from .data import DATASETS, VIEWS, load_split, to_sequences
 from .errors import GrunetError, expect
@@ -90,10 +91,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict, where: str = "config") -> "TrainConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        expect(not unknown, where, f"only the keys {sorted(known)}", f"unknown keys {unknown}")
-        return cls(**d)
+        return config_from_dict(cls, d, where)
 
     def model_config(self, input_size: int) -> ModelConfig:
         return ModelConfig(input_size=input_size, hidden_size=self.units, num_classes=10, num_layers=self.layers,
