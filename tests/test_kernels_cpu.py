@@ -100,6 +100,44 @@ def test_threads_and_no_bias(threads, reset_after, bias):
         assert_close(a, b, 1e-10, name)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("reset_after", [True, False])
+@pytest.mark.parametrize("used", ["h_n", "out"])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_gradients_when_one_output_is_unused(dtype, reset_after, used, threads):
+    # the backward then gets None for the unused output (no zeros materialised); tutorial shape, 1 chunk
+    # (1400 rows: the weight gradients' K is split in blocks) or 2 chunks
+    T, B, I, H = 28, 50, 28, 75
+    tensors, (g_out, g_h) = layer_inputs(T, B, I, H, dtype, reset_after, True, seed=11)
+    kw = dict(reset_after=reset_after, activation_name="sigmoid", lengths=None, reverse=False)
+
+    def grads(fn):
+        leaves = [t.clone().requires_grad_() if t is not None else None for t in tensors]
+        out, h_n = fn(*leaves, **kw)
+        ((h_n * g_h).sum() if used == "h_n" else (out * g_out).sum()).backward()
+        return [t.grad for t in leaves if t is not None]
+
+    cpu.set_threads(threads)
+    try:
+        got = grads(cpu.gru_layer)
+    finally:
+        cpu.set_threads(None)
+    for name, a, b in zip(NAMES[2:], grads(reference_layer), got):
+        assert_close(a, b, TOL[dtype], name)
+
+
+@pytest.mark.parametrize("reset_after", [True, False])
+def test_wide_layer_weight_gradients_through_blas(reset_after):
+    # H > 256: the weight gradients go through BLAS instead of small_gemm_tn (and dG's padded rows)
+    T, B, I, H = 3, 20, 5, 260
+    tensors, upstream = layer_inputs(T, B, I, H, torch.float64, reset_after, True, seed=3)
+    kw = dict(reset_after=reset_after, activation_name="sigmoid", lengths=None, reverse=False)
+    expected = run_layer(reference_layer, tensors, upstream, **kw)
+    got = run_layer(cpu.gru_layer, tensors, upstream, **kw)
+    for name, a, b in zip(NAMES, expected, got):
+        assert_close(a, b, 1e-10, name)
+
+
 # grunet.GRU with impl='fused' against torch.nn.GRU (stacked, bidirectional, batch_first): tests/test_layers.py
 
 

@@ -7,7 +7,8 @@ lengths, reverse) -> (out (T,B,H), h_n (B,H))``, float32 and float64; other dtyp
 How it is fast (DESIGN.md section 5): one GEMM x W_ih^T for all time steps before the loop; per step one
 (B,H)x(H,3H) GEMM and one vectorised pass over the gates (reset-before: a second GEMM for W_hn (r*h));
 backward walks time in reverse with one GEMM per step for dh (two for reset-before), and computes dx,
-dW_ih, dW_hh and the bias gradients with a few big GEMMs after the loop. Threads split the batch.
+dW_ih, dW_hh and the bias gradients with a few big products after the loop. Threads split the batch.
+An output that gets no gradient (a classifier reads only h_n) reaches the backward as None, not zeros.
 
 With grad disabled, or when no input requires grad, the forward keeps no gate activations.
 """
@@ -48,18 +49,21 @@ class _FusedGRU(torch.autograd.Function):
         out, h_n, xs, gates, aux, hprev = ext.forward(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reset_after, act,
                                                       reverse, True, chunks)
         ctx.save_for_backward(w_ih, w_hh, xs, gates, aux, hprev, lengths)
-        ctx.config = (reset_after, act, reverse, b_ih is not None, b_hh is not None, chunks)
+        ctx.config = (reset_after, act, reverse, b_ih is not None, b_hh is not None, chunks, x.shape[0])
+        ctx.set_materialize_grads(False)  # an unused output (a classifier reads only h_n) costs no zeros
         return out, h_n
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, dout, dh_n):
+        if dout is None and dh_n is None:  # no gradient reached either output
+            return (None,) * 10
         w_ih, w_hh, xs, gates, aux, hprev, lengths = ctx.saved_tensors
-        reset_after, act, reverse, has_b_ih, has_b_hh, chunks = ctx.config
+        reset_after, act, reverse, has_b_ih, has_b_hh, chunks, T = ctx.config
         need = ctx.needs_input_grad
         dx, dh0, dw_ih, dw_hh, db_ih, db_hh = load().backward(
             dout, dh_n, w_ih, w_hh, xs, gates, aux, hprev, lengths, reset_after, act, reverse,
-            has_b_ih, has_b_hh, need[0], any(need[2:6]), chunks)
+            has_b_ih, has_b_hh, need[0], any(need[2:6]), chunks, T)
         return (dx if need[0] else None, dh0 if need[1] else None, dw_ih if need[2] else None,
                 dw_hh if need[3] else None, db_ih if has_b_ih and need[4] else None,
                 db_hh if has_b_hh and need[5] else None, None, None, None, None)

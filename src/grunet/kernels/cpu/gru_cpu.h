@@ -241,12 +241,12 @@ std::vector<at::Tensor> gru_forward(const at::Tensor& x, const at::Tensor& h0, c
                                     bool reset_after, int64_t activation, bool reverse, bool training,
                                     int64_t chunks);
 
-std::vector<at::Tensor> gru_backward(const at::Tensor& dout, const c10::optional<at::Tensor>& dh_n,
+std::vector<at::Tensor> gru_backward(const c10::optional<at::Tensor>& dout, const c10::optional<at::Tensor>& dh_n,
                                      const at::Tensor& w_ih, const at::Tensor& w_hh, const at::Tensor& xs,
                                      const at::Tensor& gates, const at::Tensor& aux, const at::Tensor& hprev,
                                      const c10::optional<at::Tensor>& lengths, bool reset_after, int64_t activation,
                                      bool reverse, bool has_b_ih, bool has_b_hh, bool need_dx,
-                                     bool need_weights, int64_t chunks);
+                                     bool need_weights, int64_t chunks, int64_t T);
 
 // Dispatch a runtime activation code to a template argument.
 template <typename F>

@@ -14,10 +14,10 @@
 // Threads split the batch into chunks (gru_cpu.h); each runs the whole sequence on its rows.
 // Per step: one (rows, H) x (H, 3H) GEMM (reset-before: (H, 2H), then (H, H) on r*h), then one fused
 // vectorised pass per row. Training keeps, chunk-major (see Chunking): xs = a copy of x, gates = r | z | n
-// written over G (G = xs W_ih^T for all steps of the chunk, one GEMM before the loop), aux = a
-// (reset-after) or rh (reset-before), hprev = the h fed into each step. Inference keeps none of them: G is
-// computed step by step into a (rows, 3H) scratch and h is updated in place (h' at (b, j) only reads h at
-// (b, j) once the GEMM has consumed h).
+// written over G (G = xs W_ih^T for all steps of the chunk: one small_gemm with the packed W_ih^T before
+// the loop), aux = a (reset-after) or rh (reset-before), hprev = the h fed into each step. Inference
+// keeps none of them: G is computed step by step into a (rows, 3H) scratch and h is updated in place
+// (h' at (b, j) only reads h at (b, j) once the GEMM has consumed h).
 #include "gru_cpu.h"
 
 namespace grunet {
@@ -49,10 +49,10 @@ struct Fwd {
   int64_t T, B, I, H;
   const S* x;             // (T, B, I) user layout, strides (sT, sB, 1)
   int64_t sT, sB;
-  const StepMatrix<S>* W_i;   // op = W_ih^T (I, 3H): inference computes G step by step
+  const StepMatrix<S>* W_i;   // op = W_ih^T (I, 3H): training's G for all steps, inference's step by step
   const StepMatrix<S>* W_h;   // reset-after W_hh^T (H, 3H); reset-before W_h[rz]^T (H, 2H)
   const StepMatrix<S>* W_hn;  // reset-before W_hn^T (H, H)
-  const S* w_ih;          // (3H, I): training's G GEMM
+  const S* w_ih;          // (3H, I)
   const S* bias_g;        // (3H,) added to G: reset-after b_ih + (b_hr, b_hz, 0); reset-before b
   const S* b_hn;          // (H,)
   const int64_t* len;     // (B,) or nullptr
@@ -80,7 +80,7 @@ struct Fwd {
         for (int64_t b = b0; b < b1; ++b)
           std::copy(x + t * sT + b * sB, x + t * sT + b * sB + I, xs + (base + t * nb + b - b0) * I);
       // G = xs W_ih^T for all steps of the chunk at once (bias added in the gate pass)
-      gemm<S>(false, true, T * nb, H3, I, S(1), xs + base * I, I, w_ih, I, S(0), gates + base * H3, H3);
+      W_i->mul(T * nb, xs + base * I, I, gates + base * H3, H3, false);
       std::copy(h_n + b0 * H, h_n + b1 * H, hprev + (base + time_of(0) * nb) * H);  // h_n holds h0 here
     }
     for (int64_t s = 0; s < T; ++s) {
@@ -383,7 +383,7 @@ std::vector<at::Tensor> gru_forward(const at::Tensor& x_in, const at::Tensor& h0
     }
     StepMatrix<S> W_i, W_h, W_hn;
     const S* wh = w_hh.data_ptr<S>();
-    if (!training) W_i.init(w_ih.data_ptr<S>(), I, true, I, 3 * H);
+    W_i.init(w_ih.data_ptr<S>(), I, true, I, 3 * H);
     if (reset_after) {
       W_h.init(wh, H, true, H, 3 * H);
     } else {

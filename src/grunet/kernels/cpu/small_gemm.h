@@ -100,7 +100,7 @@ template <typename S>
 void small_gemm(int64_t M, const S* A, int64_t lda, const PackedB<S>& B, S* C, int64_t ldc, bool accumulate,
                 const S* bias = nullptr) {
   constexpr int W = Vec<S>::kWidth;
-  constexpr int MR = 4, NV = 3;  // 12 accumulators + 3 B vectors + a broadcast: fits 32 AVX-512 registers
+  constexpr int MR = 5, NV = 3;  // 15 accumulators + 3 B vectors + a broadcast: fits 32 AVX-512 registers
   const int64_t K = B.K, N = B.N, Np = B.Np;
   for (int64_t j0 = 0; j0 < Np; j0 += NV * W) {
     const int64_t nv = std::min<int64_t>(NV, (Np - j0) / W);
@@ -119,6 +119,7 @@ void small_gemm(int64_t M, const S* A, int64_t lda, const PackedB<S>& B, S* C, i
         else detail::tile<S, R, 1>(K, a, lda, b, Np, c, ldc, cols, accumulate, rows, bj);
       };
       switch (rows) {
+        case 5: run(std::integral_constant<int, 5>{}); break;
         case 4: run(std::integral_constant<int, 4>{}); break;
         case 3: run(std::integral_constant<int, 3>{}); break;
         case 2: run(std::integral_constant<int, 2>{}); break;
@@ -126,6 +127,84 @@ void small_gemm(int64_t M, const S* A, int64_t lda, const PackedB<S>& B, S* C, i
       }
     }
   }
+}
+
+// Weight gradients: out (N, M) = B^T A, i.e. out[j, i] = sum_k A[k, i] * B[k, j], with A (K, M) row stride
+// lda and B (K, N) row stride ldb, summed over K (the T * rows of a chunk). Each MR x NV-vector tile of
+// out^T keeps its accumulators in registers over the whole K loop and is stored transposed at the end.
+// B's rows are read in whole vectors: columns up to N rounded up to the vector width must lie inside B's
+// row (the caller pads ldb).
+template <typename S>
+void small_gemm_tn_block(int64_t M, int64_t N, int64_t K, const S* A, int64_t lda, const S* B, int64_t ldb, S* out,
+                         int64_t ldo, bool accumulate) {
+  using V = typename Vec<S>::type;
+  using VU = typename Vec<S>::type_u;
+  constexpr int W = Vec<S>::kWidth;
+  constexpr int MR = 5, NV = 3;
+  const int64_t Np = (N + W - 1) / W * W;
+  for (int64_t j0 = 0; j0 < Np; j0 += NV * W) {
+    const int64_t nv = std::min<int64_t>(NV, (Np - j0) / W);
+    const int64_t cols = std::min<int64_t>(N - j0, nv * W);
+    for (int64_t i0 = 0; i0 < M; i0 += MR) {
+      const int64_t rows = std::min<int64_t>(MR, M - i0);
+      auto run = [&](auto mr, auto nvc) {
+        constexpr int R = decltype(mr)::value, NVC = decltype(nvc)::value;
+        V acc[R][NVC];
+#pragma GCC unroll 16
+        for (int i = 0; i < R; ++i)
+#pragma GCC unroll 16
+          for (int v = 0; v < NVC; ++v) acc[i][v] = V{};
+        const S* a = A + i0;
+        const S* b = B + j0;
+        for (int64_t k = 0; k < K; ++k) {
+          V bv[NVC];
+#pragma GCC unroll 16
+          for (int v = 0; v < NVC; ++v) bv[v] = *reinterpret_cast<const VU*>(b + k * ldb + v * W);
+#pragma GCC unroll 16
+          for (int i = 0; i < R; ++i) {
+            const S av = a[k * lda + i];
+#pragma GCC unroll 16
+            for (int v = 0; v < NVC; ++v) acc[i][v] += av * bv[v];
+          }
+        }
+        for (int i = 0; i < R; ++i) {
+          S buf[NVC * W];
+          std::memcpy(buf, &acc[i][0], sizeof(buf));
+          if (accumulate)
+            for (int64_t j = 0; j < cols; ++j) out[(j0 + j) * ldo + i0 + i] += buf[j];
+          else
+            for (int64_t j = 0; j < cols; ++j) out[(j0 + j) * ldo + i0 + i] = buf[j];
+        }
+      };
+      auto with_nv = [&](auto mr) {
+        if (nv == 3) run(mr, std::integral_constant<int, 3>{});
+        else if (nv == 2) run(mr, std::integral_constant<int, 2>{});
+        else run(mr, std::integral_constant<int, 1>{});
+      };
+      switch (rows) {
+        case 5: with_nv(std::integral_constant<int, 5>{}); break;
+        case 4: with_nv(std::integral_constant<int, 4>{}); break;
+        case 3: with_nv(std::integral_constant<int, 3>{}); break;
+        case 2: with_nv(std::integral_constant<int, 2>{}); break;
+        default: with_nv(std::integral_constant<int, 1>{}); break;
+      }
+    }
+  }
+}
+
+// K is walked in blocks of at most kBlockTN rows (later blocks add to out) so that a block of B stays in L2.
+constexpr int64_t kBlockTN = 768;
+
+template <typename S>
+void small_gemm_tn(int64_t M, int64_t N, int64_t K, const S* A, int64_t lda, const S* B, int64_t ldb, S* out,
+                   int64_t ldo) {
+  if (K > kBlockTN) {
+    const int64_t blocks = (K + kBlockTN - 1) / kBlockTN, kb = (K + blocks - 1) / blocks;  // even blocks
+    for (int64_t k0 = 0; k0 < K; k0 += kb)
+      small_gemm_tn_block(M, N, std::min(kb, K - k0), A + k0 * lda, lda, B + k0 * ldb, ldb, out, ldo, k0 > 0);
+    return;
+  }
+  small_gemm_tn_block(M, N, K, A, lda, B, ldb, out, ldo, false);
 }
 
 }  // namespace grunet
