@@ -126,6 +126,42 @@ def test_gradients_when_one_output_is_unused(dtype, reset_after, used, threads):
         assert_close(a, b, TOL[dtype], name)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("reset_after", [True, False])
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("h0_kind", ["zero, with grad", "zero, no grad", "half zero"])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_zero_initial_state(dtype, reset_after, reverse, h0_kind, threads):
+    # h0 = 0 (a fresh state) lets the kernel skip step 0's W_hh h product and those rows of dW_hh, and
+    # dh0's product when h0 needs no gradient; a state zero in one chunk only must not take those shortcuts
+    T, B, I, H = 7, 40, 5, 21
+    tensors, upstream = layer_inputs(T, B, I, H, dtype, reset_after, True, seed=21)
+    if h0_kind == "half zero":
+        tensors[1][: B // 2] = 0
+    else:
+        tensors[1] = torch.zeros(B, H, dtype=dtype)
+    lengths = torch.randint(1, T + 1, (B,), generator=torch.Generator().manual_seed(4))
+    kw = dict(reset_after=reset_after, activation_name="sigmoid", lengths=lengths, reverse=reverse)
+
+    def run(fn):
+        leaves = [t.clone().requires_grad_(i != 1 or h0_kind != "zero, no grad") if t is not None else None
+                  for i, t in enumerate(tensors)]
+        out, h_n = fn(*leaves, **kw)
+        ((out * upstream[0]).sum() + (h_n * upstream[1]).sum()).backward()
+        return [out.detach(), h_n.detach()] + [t.grad for t in leaves if t is not None]
+
+    cpu.set_threads(threads)
+    try:
+        got = run(cpu.gru_layer)
+    finally:
+        cpu.set_threads(None)
+    for name, a, b in zip(NAMES, run(reference_layer), got):
+        if h0_kind == "zero, no grad" and name == "dh0":
+            assert a is None and b is None
+            continue
+        assert_close(a, b, TOL[dtype], name)
+
+
 @pytest.mark.parametrize("reset_after", [True, False])
 def test_wide_layer_weight_gradients_through_blas(reset_after):
     # H > 256: the weight gradients go through BLAS instead of small_gemm_tn (and dG's padded rows)

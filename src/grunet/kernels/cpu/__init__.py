@@ -63,7 +63,7 @@ class _FusedGRU(torch.autograd.Function):
         need = ctx.needs_input_grad
         dx, dh0, dw_ih, dw_hh, db_ih, db_hh = load().backward(
             dout, dh_n, w_ih, w_hh, xs, gates, aux, hprev, lengths, reset_after, act, reverse,
-            has_b_ih, has_b_hh, need[0], any(need[2:6]), chunks, T)
+            has_b_ih, has_b_hh, need[0], need[1], any(need[2:6]), chunks, T)
         return (dx if need[0] else None, dh0 if need[1] else None, dw_ih if need[2] else None,
                 dw_hh if need[3] else None, db_ih if has_b_ih and need[4] else None,
                 db_hh if has_b_hh and need[5] else None, None, None, None, None)

@@ -10,7 +10,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         " -> [out, h_n] or, training, [out, h_n, xs, gates, aux, hprev]");
   m.def("backward", &grunet::gru_backward,
         "backward(dout, dh_n, w_ih, w_hh, xs, gates, aux, hprev, lengths, reset_after, activation, reverse,"
-        " has_b_ih, has_b_hh, need_dx, need_weights, chunks, T) -> [dx, dh0, dw_ih, dw_hh, db_ih, db_hh];"
+        " has_b_ih, has_b_hh, need_dx, need_dh0, need_weights, chunks, T) -> [dx, dh0, dw_ih, dw_hh, db_ih, db_hh];"
         " dout and dh_n may be None (no gradient)");
   m.def("batch_chunks", &grunet::batch_chunks, "batch_chunks(B, H, threads): how many threads split the batch");
   m.def("vector_math", []() {

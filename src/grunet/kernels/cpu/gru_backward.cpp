@@ -25,22 +25,22 @@ namespace {
 
 template <typename S>
 struct Bwd {
-  int64_t T, B, I, H, ldg;  // ldg: row stride of dG (3H padded, see gru_backward)
-  const StepMatrix<S>* W_h;   // op = reset-after W_hh (3H, H); reset-before W_h[rz] (2H, H)
-  const StepMatrix<S>* W_hn;  // reset-before W_hn (H, H)
-  const S* w_ih;              // (3H, I)
+  int64_t T, B, I, H, Hp;     // buffers in the padded gate layout (gru_cpu.h): rows of Hp, gate rows of 3 Hp
+  const StepMatrix<S>* W_h;   // reset-after (3Hp, Hp) = W_hh; reset-before (2Hp, Hp) = W_h[rz]; padded
+  const StepMatrix<S>* W_hn;  // reset-before (Hp, Hp) = W_hn, padded
+  const S* w_ih_p;            // (3Hp, I): W_ih with padded gate blocks (dx)
   const int64_t* len;         // (B,) or nullptr
-  bool reverse, reset_after, has_b_ih, has_b_hh, need_dx, need_weights;
-  const S* dout;              // (T, B, H) user layout, or nullptr: no gradient reached the outputs
-  const S* zero_row;          // (H,) zeros, read instead of dout's rows when dout is nullptr
+  bool reverse, reset_after, has_b_ih, has_b_hh, need_dx, need_dh0, need_weights;
+  const S* dout;              // (T, B, H) with strides (dsT, dsB, 1), or nullptr: no gradient reached the outputs
+  int64_t dsT, dsB;
   const S* xs;                // chunk-major (T*B, I)
-  const S* gates;             // chunk-major (T*B, 3H) r | z | n
-  const S* aux;               // chunk-major (T*B, H): a (reset-after) or rh (reset-before)
-  const S* hprev;             // chunk-major (T*B, H)
-  S* dG;                      // chunk-major (T*B, 3H): reset-after dG_h, then dG_x; reset-before dG
-  S* da_n;                    // chunk-major (T*B, H): reset-after only
-  S* dh;                      // (B, H): in dh_n, out dh0
-  S* drh;                     // (B, H) scratch, reset-before
+  const S* gates;             // chunk-major (T*B, 3Hp) r | z | n
+  const S* aux;               // chunk-major (T*B, Hp): a (reset-after) or rh (reset-before)
+  const S* hprev;             // chunk-major (T*B, Hp)
+  S* dG;                      // chunk-major (T*B, 3Hp): reset-after dG_h, then dG_x; reset-before dG
+  S* da_n;                    // chunk-major (T*B, Hp): reset-after only
+  S* dh;                      // (B, Hp): in dh_n, out dh0
+  S* drh;                     // (B, Hp) scratch, reset-before
   S* dx;                      // (T, B, I) user layout
   S* dx_scratch;              // chunk-major (T*B, I)
   S* dw_ih;                   // per chunk (3H, I)
@@ -48,108 +48,125 @@ struct Bwd {
   S* db_ih;                   // per chunk (3H,)
   S* db_hh;                   // per chunk (3H,)
 
+  // one step backwards; `last`: the step that reads h0 (its dh_prev is dh0)
   template <int ACT, bool RESET_AFTER>
-  void step(int64_t t, int64_t b0, int64_t nb) const {
-    const int64_t H3 = 3 * H, row0 = T * b0 + t * nb;
-    S* dG_t = dG + row0 * ldg;
-    S* dh_c = dh + b0 * H;
+  void step(int64_t t, int64_t b0, int64_t nb, bool last) const {
+    const int64_t H3 = 3 * Hp, row0 = T * b0 + t * nb;
+    S* dG_t = dG + row0 * H3;
+    S* dh_c = dh + b0 * Hp;
     for (int64_t i = 0; i < nb; ++i) {
       const int64_t b = b0 + i, row = row0 + i;
-      S* __restrict d = dh_c + i * H;
-      S* __restrict dg = dG + row * ldg;
+      S* __restrict d = dh_c + i * Hp;
+      S* __restrict dg = dG + row * H3;
       if (len && t >= len[b]) {  // padding: h passed through, the output was a constant 0
         std::fill(dg, dg + H3, S(0));
-        if (RESET_AFTER) std::fill(da_n + row * H, da_n + (row + 1) * H, S(0));
+        if (RESET_AFTER) std::fill(da_n + row * Hp, da_n + (row + 1) * Hp, S(0));
         continue;
       }
-      const S* __restrict g = gates + row * H3;
-      const S* __restrict hp = hprev + row * H;
-      const S* __restrict dO = dout ? dout + (t * B + b) * H : zero_row;
-      const S* __restrict a = aux + row * H;
-      if (RESET_AFTER) {
-        S* __restrict dan = da_n + row * H;
+      if (dout) {  // dh += dL/dout_t (H units; the padding's gradient stays 0)
+        const S* __restrict dO = dout + t * dsT + b * dsB;
 #pragma omp simd
-        for (int64_t j = 0; j < H; ++j) {
-          const S r = g[j], z = g[H + j], n = g[2 * H + j];
-          const S dhj = d[j] + dO[j];
+        for (int64_t j = 0; j < H; ++j) d[j] += dO[j];
+      }
+      const S* __restrict g = gates + row * H3;
+      const S* __restrict hp = hprev + row * Hp;
+      const S* __restrict a = aux + row * Hp;
+      if (RESET_AFTER) {
+        S* __restrict dan = da_n + row * Hp;
+#pragma omp simd
+        for (int64_t j = 0; j < Hp; ++j) {
+          const S r = g[j], z = g[Hp + j], n = g[2 * Hp + j];
+          const S dhj = d[j];
           const S dn = dhj * (S(1) - z);
           const S dz = dhj * (hp[j] - n);
           const S dan_j = dn * (S(1) - n * n);
           dg[j] = dan_j * a[j] * sigma_grad<ACT>(r);  // da_r
-          dg[H + j] = dz * sigma_grad<ACT>(z);        // da_z
-          dg[2 * H + j] = dan_j * r;                  // da = d(W_hn h + b_hn)
+          dg[Hp + j] = dz * sigma_grad<ACT>(z);       // da_z
+          dg[2 * Hp + j] = dan_j * r;                 // da = d(W_hn h + b_hn)
           dan[j] = dan_j;
           d[j] = dhj * z;
         }
       } else {
 #pragma omp simd
-        for (int64_t j = 0; j < H; ++j) {
-          const S z = g[H + j], n = g[2 * H + j];
-          const S dhj = d[j] + dO[j];
+        for (int64_t j = 0; j < Hp; ++j) {
+          const S z = g[Hp + j], n = g[2 * Hp + j];
+          const S dhj = d[j];
           const S dn = dhj * (S(1) - z);
           const S dz = dhj * (hp[j] - n);
-          dg[H + j] = dz * sigma_grad<ACT>(z);
-          dg[2 * H + j] = dn * (S(1) - n * n);
+          dg[Hp + j] = dz * sigma_grad<ACT>(z);
+          dg[2 * Hp + j] = dn * (S(1) - n * n);
           d[j] = dhj * z;
         }
       }
     }
+    const bool need_dh_prev = !last || need_dh0;
     if (RESET_AFTER) {
-      W_h->mul(nb, dG_t, ldg, dh_c, H, true);  // dh_prev += [da_r | da_z | da] W_hh
+      if (need_dh_prev) W_h->mul(nb, dG_t, H3, dh_c, Hp, true);  // dh_prev += [da_r | da_z | da] W_hh
       return;
     }
-    S* drh_c = drh + b0 * H;
-    W_hn->mul(nb, dG_t + 2 * H, ldg, drh_c, H, false);  // d(rh) = da_n W_hn
+    S* drh_c = drh + b0 * Hp;
+    W_hn->mul(nb, dG_t + 2 * Hp, H3, drh_c, Hp, false);  // d(rh) = da_n W_hn
     for (int64_t i = 0; i < nb; ++i) {
       const int64_t b = b0 + i, row = row0 + i;
       if (len && t >= len[b]) continue;
       const S* __restrict g = gates + row * H3;
-      const S* __restrict hp = hprev + row * H;
-      const S* __restrict q = drh_c + i * H;
-      S* __restrict dg = dG + row * ldg;
-      S* __restrict d = dh_c + i * H;
+      const S* __restrict hp = hprev + row * Hp;
+      const S* __restrict q = drh_c + i * Hp;
+      S* __restrict dg = dG + row * H3;
+      S* __restrict d = dh_c + i * Hp;
 #pragma omp simd
-      for (int64_t j = 0; j < H; ++j) {
+      for (int64_t j = 0; j < Hp; ++j) {
         const S r = g[j];
         dg[j] = q[j] * hp[j] * sigma_grad<ACT>(r);  // da_r
         d[j] += q[j] * r;
       }
     }
-    W_h->mul(nb, dG_t, ldg, dh_c, H, true);  // dh_prev += [da_r | da_z] W_h[rz]
+    if (need_dh_prev) W_h->mul(nb, dG_t, H3, dh_c, Hp, true);  // dh_prev += [da_r | da_z] W_h[rz]
+  }
+
+  // out (G * H, M) = dG[:, blocks]^T A over `rows` rows: small_gemm_tn, or BLAS into a padded temporary
+  void weight_grad(bool tn, int64_t G, int64_t M, int64_t rows, const S* A, int64_t lda, const S* dGb, S* out) const {
+    if (tn) return small_gemm_tn<S>(M, rows, A, lda, dGb, 3 * Hp, G, Hp, H, out, M);
+    std::vector<S> tmp(G * Hp * M);
+    gemm<S>(true, false, G * Hp, M, rows, S(1), dGb, 3 * Hp, A, lda, S(0), tmp.data(), M);
+    for (int64_t g = 0; g < G; ++g)
+      std::copy(tmp.data() + g * Hp * M, tmp.data() + (g * Hp + H) * M, out + g * H * M);
   }
 
   // the chunk's weight, bias and input gradients: big GEMMs over its T * nb rows
   void after_loop(int64_t c, int64_t b0, int64_t nb) const {
-    const int64_t H3 = 3 * H, base = T * b0, rows = T * nb;
+    const int64_t H3 = 3 * Hp, base = T * b0, rows = T * nb;
     const bool tn = H <= 256 && I <= 256;  // small_gemm_tn beat MKL up to H = 256, not at H = 1024
-    S* dGc = dG + base * ldg;
+    S* dGc = dG + base * H3;
     if (need_weights) {
-      S* dwh = dw_hh + c * H3 * H;
+      // the step that read h0 adds nothing to dW_hh when h0 = 0 (a fresh state): leave its rows out
+      const int64_t first = reverse && T > 0 ? base + (T - 1) * nb : base;
+      const S* h0p = hprev + first * Hp;
+      const bool skip = T > 0 && std::all_of(h0p, h0p + nb * Hp, [](S v) { return v == S(0); });
+      const int64_t r0 = skip && !reverse ? nb : 0, nrows = skip ? rows - nb : rows;
+      const S* hp = hprev + (base + r0) * Hp;
+      const S* dGr = dGc + r0 * H3;
+      S* dwh = dw_hh + c * 3 * H * H;
       if (reset_after) {
-        if (tn) small_gemm_tn<S>(H, H3, rows, hprev + base * H, H, dGc, ldg, dwh, H);
-        else gemm<S>(true, false, H3, H, rows, S(1), dGc, ldg, hprev + base * H, H, S(0), dwh, H);
-        if (has_b_hh) column_sums(dGc, rows, H3, ldg, db_hh + c * H3);
+        weight_grad(tn, 3, H, nrows, hp, Hp, dGr, dwh);  // dW_hh = dG_h^T hprev
+        if (has_b_hh) gate_column_sums(dGc, rows, H3, 3, H, Hp, db_hh + c * 3 * H);
       } else {
-        if (tn) {
-          small_gemm_tn<S>(H, 2 * H, rows, hprev + base * H, H, dGc, ldg, dwh, H);
-          small_gemm_tn<S>(H, H, rows, aux + base * H, H, dGc + 2 * H, ldg, dwh + 2 * H * H, H);
-        } else {
-          gemm<S>(true, false, 2 * H, H, rows, S(1), dGc, ldg, hprev + base * H, H, S(0), dwh, H);
-          gemm<S>(true, false, H, H, rows, S(1), dGc + 2 * H, ldg, aux + base * H, H, S(0), dwh + 2 * H * H, H);
-        }
+        weight_grad(tn, 2, H, nrows, hp, Hp, dGr, dwh);  // dW_h[rz] = dG_rz^T hprev
+        // dW_hn = da_n^T (r h): one block
+        if (tn) small_gemm_tn<S>(H, rows, aux + base * Hp, Hp, dGc + 2 * Hp, H3, 1, Hp, H, dwh + 2 * H * H, H);
+        else gemm<S>(true, false, H, H, rows, S(1), dGc + 2 * Hp, H3, aux + base * Hp, Hp, S(0), dwh + 2 * H * H, H);
       }
     }
     if (reset_after)  // dG_h -> dG_x: the n block becomes da_n
       for (int64_t r = 0; r < rows; ++r)
-        std::copy(da_n + (base + r) * H, da_n + (base + r + 1) * H, dGc + r * ldg + 2 * H);
+        std::copy(da_n + (base + r) * Hp, da_n + (base + r + 1) * Hp, dGc + r * H3 + 2 * Hp);
     if (need_weights) {
-      if (tn) small_gemm_tn<S>(I, H3, rows, xs + base * I, I, dGc, ldg, dw_ih + c * H3 * I, I);
-      else gemm<S>(true, false, H3, I, rows, S(1), dGc, ldg, xs + base * I, I, S(0), dw_ih + c * H3 * I, I);
-      if (has_b_ih) column_sums(dGc, rows, H3, ldg, db_ih + c * H3);
+      weight_grad(tn, 3, I, rows, xs + base * I, I, dGc, dw_ih + c * 3 * H * I);  // dW_ih = dG_x^T x
+      if (has_b_ih) gate_column_sums(dGc, rows, H3, 3, H, Hp, db_ih + c * 3 * H);
     }
     if (need_dx) {
       S* dxc = dx_scratch + base * I;
-      gemm<S>(false, false, rows, I, H3, S(1), dGc, ldg, w_ih, I, S(0), dxc, I);
+      gemm<S>(false, false, rows, I, H3, S(1), dGc, H3, w_ih_p, I, S(0), dxc, I);  // dx = dG_x W_ih
       for (int64_t t = 0; t < T; ++t) std::copy(dxc + t * nb * I, dxc + (t + 1) * nb * I, dx + (t * B + b0) * I);
     }
   }
@@ -174,27 +191,26 @@ std::vector<at::Tensor> gru_backward(const c10::optional<at::Tensor>& dout_in, c
                                      const at::Tensor& w_ih_in, const at::Tensor& w_hh_in, const at::Tensor& xs,
                                      const at::Tensor& gates, const at::Tensor& aux, const at::Tensor& hprev,
                                      const c10::optional<at::Tensor>& lengths, bool reset_after, int64_t activation,
-                                     bool reverse, bool has_b_ih, bool has_b_hh, bool need_dx,
+                                     bool reverse, bool has_b_ih, bool has_b_hh, bool need_dx, bool need_dh0,
                                      bool need_weights, int64_t chunks, int64_t T) {
   const auto w_ih = w_ih_in.contiguous(), w_hh = w_hh_in.contiguous();
-  // dout may be absent (the outputs were not used; the Python side does not materialise zeros for it)
-  const auto dout = dout_in.has_value() ? dout_in->contiguous() : at::Tensor();
-  const int64_t I = w_ih.size(1), H = w_hh.size(1);
+  // dout may be absent (the outputs were not used; the Python side does not materialise zeros for it); it
+  // is read through its strides (the gradient of a batch-first output needs no transposing copy)
+  at::Tensor dout;
+  if (dout_in.has_value()) dout = dout_in->stride(2) == 1 ? *dout_in : dout_in->contiguous();
+  const int64_t I = w_ih.size(1), H = w_hh.size(1), Hp = hprev.size(1);
   const int64_t B = dout.defined() ? dout.size(1) : dh_n.has_value() ? dh_n->size(0) : T > 0 ? hprev.size(0) / T : 0;
-  if (dout.defined()) TORCH_CHECK(dout.size(0) == T, "grunet: dout must be (T, B, H)");
+  if (dout.defined()) TORCH_CHECK(dout.size(0) == T && dout.size(2) == H, "grunet: dout must be (T, B, H)");
+  TORCH_CHECK(gates.size(1) == 3 * Hp && aux.size(1) == Hp && Hp >= H, "grunet: saved tensors of another layout");
   const auto opt = hprev.options();
-  const auto zero_row = at::zeros({H}, opt);
   at::Tensor len;
   if (lengths.has_value()) len = lengths->to(at::kLong).contiguous();
 
-  auto dh = dh_n.has_value() ? dh_n->to(hprev.scalar_type()).contiguous().clone() : at::zeros({B, H}, opt);
-  // dG rows padded to whole vectors: small_gemm_tn reads B's columns in whole vectors (also from the n
-  // block at 2H for reset-before's dW_hn); the padding is never stored anywhere
-  const int64_t W = hprev.scalar_type() == at::kDouble ? 8 : 16;
-  const int64_t ldg = std::max((3 * H + W - 1) / W * W, 2 * H + (H + W - 1) / W * W);
-  auto dG = BufferPool::empty({T * B, ldg}, opt);
-  auto da_n = reset_after ? BufferPool::empty({T * B, H}, opt) : at::Tensor();
-  auto drh = reset_after ? at::Tensor() : BufferPool::empty({B, H}, opt);
+  auto dh = BufferPool::empty({B, Hp}, opt);  // dh_n, zero-padded (filled below)
+  const auto dh_in = dh_n.has_value() ? dh_n->to(hprev.scalar_type()).contiguous() : at::Tensor();
+  auto dG = BufferPool::empty({T * B, 3 * Hp}, opt);
+  auto da_n = reset_after ? BufferPool::empty({T * B, Hp}, opt) : at::Tensor();
+  auto drh = reset_after ? at::Tensor() : BufferPool::empty({B, Hp}, opt);
   at::Tensor dx, dx_scratch, dw_ih, dw_hh, db_ih, db_hh;
   if (need_dx) {
     dx = BufferPool::empty({T, B, I}, opt);
@@ -212,18 +228,28 @@ std::vector<at::Tensor> gru_backward(const c10::optional<at::Tensor>& dout_in, c
 
   AT_DISPATCH_FLOATING_TYPES(hprev.scalar_type(), "grunet_gru_backward", [&] {
     using S = scalar_t;
+    TORCH_CHECK(Hp == padded_units<S>(H), "grunet: saved tensors of another layout");
     StepMatrix<S> W_h, W_hn;
     const S* wh = w_hh.data_ptr<S>();
+    // K runs over dG's padded gate blocks: the packed products skip the padding (segments of H in Hp)
     if (reset_after) {
-      W_h.init(wh, H, false, 3 * H, H);
+      W_h.init(pad_rows(wh, H, 3, H, H, Hp, Hp), 3 * Hp, Hp, H, Hp);
     } else {
-      W_h.init(wh, H, false, 2 * H, H);
-      W_hn.init(wh + 2 * H * H, H, false, H, H);
+      W_h.init(pad_rows(wh, H, 2, H, H, Hp, Hp), 2 * Hp, Hp, H, Hp);
+      W_hn.init(pad_rows(wh + 2 * H * H, H, 1, H, H, Hp, Hp), Hp, Hp, H, Hp);
     }
+    S* d = dh.data_ptr<S>();
+    for (int64_t b = 0; b < B; ++b) {
+      if (dh_in.defined()) std::copy(dh_in.data_ptr<S>() + b * H, dh_in.data_ptr<S>() + (b + 1) * H, d + b * Hp);
+      std::fill(d + b * Hp + (dh_in.defined() ? H : 0), d + (b + 1) * Hp, S(0));
+    }
+    std::vector<S> w_ih_p;
+    if (need_dx) w_ih_p = pad_rows(w_ih.data_ptr<S>(), I, 3, H, I, I, Hp);
     auto ptr = [](const at::Tensor& t) { return t.defined() ? t.data_ptr<S>() : nullptr; };
-    Bwd<S> bw{T, B, I, H, ldg, &W_h, &W_hn, w_ih.data_ptr<S>(), len.defined() ? len.data_ptr<int64_t>() : nullptr,
-              reverse, reset_after, has_b_ih, has_b_hh && reset_after, need_dx, need_weights,
-              ptr(dout), zero_row.data_ptr<S>(), ptr(xs), ptr(gates), ptr(aux), ptr(hprev), ptr(dG), ptr(da_n), ptr(dh),
+    Bwd<S> bw{T, B, I, H, Hp, &W_h, &W_hn, w_ih_p.data(), len.defined() ? len.data_ptr<int64_t>() : nullptr,
+              reverse, reset_after, has_b_ih, has_b_hh && reset_after, need_dx, need_dh0, need_weights,
+              ptr(dout), dout.defined() ? dout.stride(0) : 0, dout.defined() ? dout.stride(1) : 0,
+              ptr(xs), ptr(gates), ptr(aux), ptr(hprev), ptr(dG), ptr(da_n), ptr(dh),
               ptr(drh), ptr(dx), ptr(dx_scratch), ptr(dw_ih), ptr(dw_hh), ptr(db_ih), ptr(db_hh)};
     with_activation(activation, [&](auto act) {
       constexpr int ACT = decltype(act)::value;
@@ -238,8 +264,8 @@ std::vector<at::Tensor> gru_backward(const c10::optional<at::Tensor>& dout_in, c
         }
         for (int64_t s = T - 1; s >= 0; --s) {  // the forward's processing order, reversed
           const int64_t t = reverse ? T - 1 - s : s;
-          if (reset_after) bw.template step<ACT, true>(t, b0, nb);
-          else bw.template step<ACT, false>(t, b0, nb);
+          if (reset_after) bw.template step<ACT, true>(t, b0, nb, s == 0);
+          else bw.template step<ACT, false>(t, b0, nb, s == 0);
         }
         bw.after_loop(c, b0, nb);
       });
@@ -252,7 +278,9 @@ std::vector<at::Tensor> gru_backward(const c10::optional<at::Tensor>& dout_in, c
     });
     return partials[0];
   };
-  return {dx, dh, reduce(dw_ih), reduce(dw_hh), reduce(db_ih), reduce(db_hh)};
+  at::Tensor dh0;
+  if (need_dh0) dh0 = dh.narrow(1, 0, H).contiguous();
+  return {dx, dh0, reduce(dw_ih), reduce(dw_hh), reduce(db_ih), reduce(db_hh)};
 }
 
 }  // namespace grunet

@@ -23,192 +23,126 @@
 namespace grunet {
 namespace {
 
-// rows per block of the inference time loop (a multiple of small_gemm's 4-row tiles)
+// rows per block of the inference time loop (a multiple of small_gemm's 5-row tiles)
 constexpr int64_t kInferenceRows = 64;
 
-// The last H % W units of a row. A simd loop over H would leave them to scalar expf/tanhf calls (~20 ns
-// each, a quarter of the forward for H = 75); instead they are copied into one zero-padded vector and go
-// through the vector functions with the rest.
-template <typename S>
-struct Tail {
-  static constexpr int W = Vec<S>::kWidth;
-  alignas(64) S v[W] = {};
-  template <int ACT>
-  void apply_sigma() {
-#pragma omp simd
-    for (int k = 0; k < W; ++k) v[k] = sigma<ACT>(v[k]);
-  }
-  void apply_tanh() {
-#pragma omp simd
-    for (int k = 0; k < W; ++k) v[k] = tanh_(v[k]);
-  }
-};
-
+// Training, and inference with big weights. Buffers in the padded gate layout (gru_cpu.h): a state row
+// is Hp wide, a gate row 3 Hp (r | z | n at 0, Hp, 2 Hp), so every gate pass runs on whole vectors.
 template <typename S>
 struct Fwd {
-  int64_t T, B, I, H;
-  const S* x;             // (T, B, I) user layout, strides (sT, sB, 1)
+  int64_t T, B, I, H, Hp;
+  const S* x;                 // (T, B, I) user layout, strides (sT, sB, 1)
   int64_t sT, sB;
-  const StepMatrix<S>* W_i;   // op = W_ih^T (I, 3H): training's G for all steps, inference's step by step
-  const StepMatrix<S>* W_h;   // reset-after W_hh^T (H, 3H); reset-before W_h[rz]^T (H, 2H)
-  const StepMatrix<S>* W_hn;  // reset-before W_hn^T (H, H)
-  const S* w_ih;          // (3H, I)
-  const S* bias_g;        // (3H,) added to G: reset-after b_ih + (b_hr, b_hz, 0); reset-before b
-  const S* b_hn;          // (H,)
-  const int64_t* len;     // (B,) or nullptr
-  bool reverse, training;
-  S* out;                 // (T, B, H) user layout
-  S* h_n;                 // (B, H) user layout; inference: the running state
-  S* xs;                  // training, chunk-major (T*B, I)
-  S* gates;               // training, chunk-major (T*B, 3H)
-  S* aux;                 // training, chunk-major (T*B, H)
-  S* hprev;               // training, chunk-major (T*B, H)
-  S* scratch;             // per chunk: (rows, 3H) gh [+ (rows, 3H) G + (rows, H) rh in inference]
+  const StepMatrix<S>* W_x;   // (I, 3Hp) = W_ih^T, padded gate blocks
+  const StepMatrix<S>* W_h;   // reset-after (H, 3Hp) = W_hh^T; reset-before (H, 2Hp) = W_h[rz]^T
+  const StepMatrix<S>* W_hn;  // reset-before (H, Hp) = W_hn^T
+  const S* bias_x;            // (3Hp) initial value of G: reset-after b_ih + (b_hr, b_hz, 0); reset-before b
+  const S* bias_h;            // (3Hp) initial value of the W_hh h product: reset-after (0, 0, b_hn), else null
+  const int64_t* len;         // (B,) or nullptr
+  bool reverse, training, h0_zero;
+  S* out;                     // (T, B, H) user layout
+  S* h_n;                     // (B, H) user layout: h0 in, h_n out
+  S* xs;                      // training, chunk-major (T*B, I)
+  S* gates;                   // training, chunk-major (T*B, 3Hp): G, overwritten by r | z | n
+  S* aux;                     // training, chunk-major (T*B, Hp): a (reset-after) or rh (reset-before)
+  S* hprev;                   // training, chunk-major (T*B, Hp): the h fed into each step
+  S* scratch;                 // per row: gh (3Hp) + h_last (Hp) [+ inference: G (3Hp) + rh (Hp)]
 
   int64_t time_of(int64_t s) const { return reverse ? T - 1 - s : s; }
+  int64_t scratch_per_row() const { return training ? 4 * Hp : 8 * Hp; }
 
   template <int ACT, bool RESET_AFTER>
   void chunk(int64_t b0, int64_t b1) const {
-    const int64_t nb = b1 - b0, H3 = 3 * H, base = T * b0;  // base: first chunk-major row of this chunk
-    const int64_t Hm = H / Tail<S>::W * Tail<S>::W;           // units handled by whole vectors
+    const int64_t nb = b1 - b0, H3 = 3 * Hp, base = T * b0;  // base: first chunk-major row of this chunk
     if (T == 0 || nb == 0) return;
-    S* gh = scratch + b0 * (training ? H3 : 2 * H3 + H);
-    S* G_inf = gh + nb * H3;
+    S* gh = scratch + b0 * scratch_per_row();
+    S* h_last = gh + nb * H3;    // the state after the last step (inference: the running state)
+    S* G_inf = h_last + nb * Hp;
     S* rh_inf = G_inf + nb * H3;
+    // the state fed into step 0, zero-padded
+    S* h_first = training ? hprev + (base + time_of(0) * nb) * Hp : h_last;
+    for (int64_t i = 0; i < nb; ++i) {
+      std::copy(h_n + (b0 + i) * H, h_n + (b0 + i + 1) * H, h_first + i * Hp);
+      std::fill(h_first + i * Hp + H, h_first + (i + 1) * Hp, S(0));
+    }
     if (training) {
       for (int64_t t = 0; t < T; ++t)  // chunk-major copy of x for the GEMMs (here and in backward)
         for (int64_t b = b0; b < b1; ++b)
           std::copy(x + t * sT + b * sB, x + t * sT + b * sB + I, xs + (base + t * nb + b - b0) * I);
-      // G = xs W_ih^T for all steps of the chunk at once (bias added in the gate pass)
-      W_i->mul(T * nb, xs + base * I, I, gates + base * H3, H3, false);
-      std::copy(h_n + b0 * H, h_n + b1 * H, hprev + (base + time_of(0) * nb) * H);  // h_n holds h0 here
+      // G = xs W_ih^T + bias for all steps of the chunk at once
+      W_x->mul(T * nb, xs + base * I, I, gates + base * H3, H3, false, bias_x);
     }
     for (int64_t s = 0; s < T; ++s) {
       const int64_t t = time_of(s), row = base + t * nb;
-      const S* hp_all = training ? hprev + row * H : h_n + b0 * H;
-      S* hn_all = training ? (s + 1 < T ? hprev + (base + time_of(s + 1) * nb) * H : h_n + b0 * H) : h_n + b0 * H;
+      const S* hp_all = training ? hprev + row * Hp : h_last;
+      S* hn_all = training && s + 1 < T ? hprev + (base + time_of(s + 1) * nb) * Hp : h_last;
       S* g_all = training ? gates + row * H3 : G_inf;
-      if (!training) W_i->mul(nb, x + t * sT + b0 * sB, sB, G_inf, H3, false);  // G for this step
-      W_h->mul(nb, hp_all, H, gh, H3, false);  // reset-after: W_hh h; reset-before: W_h[rz] h
+      if (!training) W_x->mul(nb, x + t * sT + b0 * sB, sB, G_inf, H3, false, bias_x);  // G for this step
+      const int64_t hcols = RESET_AFTER ? H3 : 2 * Hp;
+      if (s == 0 && h0_zero) {  // W_h 0 = 0: only the bias
+        for (int64_t i = 0; i < nb; ++i)
+          if (bias_h) std::copy(bias_h, bias_h + hcols, gh + i * H3);
+          else std::fill(gh + i * H3, gh + i * H3 + hcols, S(0));
+      } else {
+        W_h->mul(nb, hp_all, Hp, gh, H3, false, bias_h);  // reset-after: W_hh h + b_hh_n; reset-before: W_h[rz] h
+      }
       if (!RESET_AFTER) {
-        S* rh_all = training ? aux + row * H : rh_inf;
+        S* rh_all = training ? aux + row * Hp : rh_inf;
         for (int64_t i = 0; i < nb; ++i) {
           S* __restrict g = g_all + i * H3;
           const S* __restrict q = gh + i * H3;
-          const S* __restrict hp = hp_all + i * H;
-          const S* __restrict bg = bias_g;
-          S* __restrict rhb = rh_all + i * H;
+          const S* __restrict hp = hp_all + i * Hp;
+          S* __restrict rhb = rh_all + i * Hp;
 #pragma omp simd
-          for (int64_t j = 0; j < Hm; ++j) {
-            const S r = sigma<ACT>(g[j] + bg[j] + q[j]);
-            const S z = sigma<ACT>(g[H + j] + bg[H + j] + q[H + j]);
+          for (int64_t j = 0; j < Hp; ++j) {
+            const S r = sigma<ACT>(g[j] + q[j]);
+            const S z = sigma<ACT>(g[Hp + j] + q[Hp + j]);
             g[j] = r;
-            g[H + j] = z;
+            g[Hp + j] = z;
             rhb[j] = r * hp[j];
           }
-          if (Hm < H) {  // the row's last H % W units, through a whole (zero-padded) vector: see Tail
-            Tail<S> ar, az;
-            for (int64_t k = 0; k < H - Hm; ++k) {
-              const int64_t j = Hm + k;
-              ar.v[k] = g[j] + bg[j] + q[j];
-              az.v[k] = g[H + j] + bg[H + j] + q[H + j];
-            }
-            ar.template apply_sigma<ACT>();
-            az.template apply_sigma<ACT>();
-            for (int64_t k = 0; k < H - Hm; ++k) {
-              const int64_t j = Hm + k;
-              g[j] = ar.v[k];
-              g[H + j] = az.v[k];
-              rhb[j] = ar.v[k] * hp[j];
-            }
-          }
         }
-        W_hn->mul(nb, rh_all, H, gh + 2 * H, H3, false);  // W_hn (r * h)
+        W_hn->mul(nb, rh_all, Hp, gh + 2 * Hp, H3, false);  // W_hn (r * h)
       }
       for (int64_t i = 0; i < nb; ++i) {
         const int64_t b = b0 + i;
         S* __restrict g = g_all + i * H3;
         const S* __restrict q = gh + i * H3;
-        const S* hp = hp_all + i * H;  // hn == hp in inference: no __restrict (same-index read, then write)
-        S* hn = hn_all + i * H;
+        const S* hp = hp_all + i * Hp;  // hn == hp in inference: no __restrict (same-index read, then write)
+        S* hn = hn_all + i * Hp;
         S* __restrict o = out + (t * B + b) * H;
-        const S* __restrict bg = bias_g;
         if (len && t >= len[b]) {  // padding: keep the state, output zero
-          if (hn != hp) std::copy(hp, hp + H, hn);
+          if (hn != hp) std::copy(hp, hp + Hp, hn);
           std::fill(o, o + H, S(0));
           continue;
         }
         if (RESET_AFTER) {
-          S* __restrict a_out = training ? aux + (row + i) * H : nullptr;
-          const S* __restrict bhn = b_hn;
+          S* __restrict a_out = training ? aux + (row + i) * Hp : nullptr;
 #pragma omp simd
-          for (int64_t j = 0; j < Hm; ++j) {
-            const S r = sigma<ACT>(g[j] + bg[j] + q[j]);
-            const S z = sigma<ACT>(g[H + j] + bg[H + j] + q[H + j]);
-            const S a = q[2 * H + j] + bhn[j];
-            const S n = tanh_(g[2 * H + j] + bg[2 * H + j] + r * a);
-            const S h_new = n + z * (hp[j] - n);
-            hn[j] = h_new;
-            o[j] = h_new;
+          for (int64_t j = 0; j < Hp; ++j) {
+            const S r = sigma<ACT>(g[j] + q[j]);
+            const S z = sigma<ACT>(g[Hp + j] + q[Hp + j]);
+            const S a = q[2 * Hp + j];
+            const S n = tanh_(g[2 * Hp + j] + r * a);
+            hn[j] = n + z * (hp[j] - n);
             g[j] = r;  // gates over G: backward reads r, z, n from here
-            g[H + j] = z;
-            g[2 * H + j] = n;
+            g[Hp + j] = z;
+            g[2 * Hp + j] = n;
             if (a_out) a_out[j] = a;
-          }
-          if (Hm < H) {  // the row's last H % W units, through whole (zero-padded) vectors: see Tail
-            Tail<S> ar, az, an;
-            for (int64_t k = 0; k < H - Hm; ++k) {
-              const int64_t j = Hm + k;
-              ar.v[k] = g[j] + bg[j] + q[j];
-              az.v[k] = g[H + j] + bg[H + j] + q[H + j];
-            }
-            ar.template apply_sigma<ACT>();
-            az.template apply_sigma<ACT>();
-            for (int64_t k = 0; k < H - Hm; ++k) {
-              const int64_t j = Hm + k;
-              const S a = q[2 * H + j] + bhn[j];
-              an.v[k] = g[2 * H + j] + bg[2 * H + j] + ar.v[k] * a;
-              if (a_out) a_out[j] = a;
-            }
-            an.apply_tanh();
-            for (int64_t k = 0; k < H - Hm; ++k) {
-              const int64_t j = Hm + k;
-              const S n = an.v[k], h_new = n + az.v[k] * (hp[j] - n);
-              hn[j] = h_new;
-              o[j] = h_new;
-              g[j] = ar.v[k];
-              g[H + j] = az.v[k];
-              g[2 * H + j] = n;
-            }
           }
         } else {
 #pragma omp simd
-          for (int64_t j = 0; j < Hm; ++j) {
-            const S z = g[H + j];
-            const S n = tanh_(g[2 * H + j] + bg[2 * H + j] + q[2 * H + j]);
-            const S h_new = n + z * (hp[j] - n);
-            hn[j] = h_new;
-            o[j] = h_new;
-            g[2 * H + j] = n;
-          }
-          if (Hm < H) {
-            Tail<S> an;
-            for (int64_t k = 0; k < H - Hm; ++k) {
-              const int64_t j = Hm + k;
-              an.v[k] = g[2 * H + j] + bg[2 * H + j] + q[2 * H + j];
-            }
-            an.apply_tanh();
-            for (int64_t k = 0; k < H - Hm; ++k) {
-              const int64_t j = Hm + k;
-              const S n = an.v[k], h_new = n + g[H + j] * (hp[j] - n);
-              hn[j] = h_new;
-              o[j] = h_new;
-              g[2 * H + j] = n;
-            }
+          for (int64_t j = 0; j < Hp; ++j) {
+            const S z = g[Hp + j];
+            const S n = tanh_(g[2 * Hp + j] + q[2 * Hp + j]);
+            hn[j] = n + z * (hp[j] - n);
+            g[2 * Hp + j] = n;
           }
         }
+        std::copy(hn, hn + H, o);
       }
     }
+    for (int64_t i = 0; i < nb; ++i) std::copy(h_last + i * Hp, h_last + i * Hp + H, h_n + (b0 + i) * H);
   }
 };
 
@@ -353,14 +287,17 @@ std::vector<at::Tensor> gru_forward(const at::Tensor& x_in, const at::Tensor& h0
 
   auto out = BufferPool::empty({T, B, H}, opt);
   auto h_n = h0.to(x.scalar_type()).contiguous().clone();  // h0 in; h_n out
+  const int64_t Hp = x.scalar_type() == at::kDouble ? padded_units<double>(H) : padded_units<float>(H);
   at::Tensor xs, gates, aux, hprev;
   if (training) {
-    xs = BufferPool::empty({T * B, I}, opt);
-    gates = BufferPool::empty({T * B, 3 * H}, opt);
-    aux = BufferPool::empty({T * B, H}, opt);
-    hprev = BufferPool::empty({T * B, H}, opt);
+    // backward's weight-gradient products read xs's rows in whole vectors, past the last row's end too
+    auto xs_buf = BufferPool::empty({T * B * I + kVectorSlack}, opt);
+    xs_buf.narrow(0, T * B * I, kVectorSlack).zero_();
+    xs = xs_buf.narrow(0, 0, T * B * I).view({T * B, I});
+    gates = BufferPool::empty({T * B, 3 * Hp}, opt);
+    aux = BufferPool::empty({T * B, Hp}, opt);
+    hprev = BufferPool::empty({T * B, Hp}, opt);
   }
-  auto scratch = BufferPool::empty({B * (training ? 3 * H : 6 * H + H)}, opt);
   const Chunking ch{T, B, chunks};
   const bool big_steps = B * H * 3 * H >= ((int64_t)1 << 20);  // worth BLAS threads when unchunked
 
@@ -381,25 +318,35 @@ std::vector<at::Tensor> gru_forward(const at::Tensor& x_in, const at::Tensor& h0
       });
       return;
     }
-    StepMatrix<S> W_i, W_h, W_hn;
+    const S* wi = w_ih.data_ptr<S>();
     const S* wh = w_hh.data_ptr<S>();
-    W_i.init(w_ih.data_ptr<S>(), I, true, I, 3 * H);
+    const S* h0p = h_n.data_ptr<S>();
+    const bool h0_zero = std::all_of(h0p, h0p + B * H, [](S v) { return v == S(0); });  // step 0: no W_hh h
+    StepMatrix<S> W_x, W_h, W_hn;
+    W_x.init(pad_transposed(wi, I, 3, H, I, Hp), I, 3 * Hp);
+    std::vector<S> bias_h;
     if (reset_after) {
-      W_h.init(wh, H, true, H, 3 * H);
+      W_h.init(pad_transposed(wh, H, 3, H, H, Hp), H, 3 * Hp);
+      bias_h.assign(3 * Hp, S(0));
+      std::copy(b_hn.data_ptr<S>(), b_hn.data_ptr<S>() + H, bias_h.data() + 2 * Hp);
     } else {
-      W_h.init(wh, H, true, H, 2 * H);
-      W_hn.init(wh + 2 * H * H, H, true, H, H);
+      W_h.init(pad_transposed(wh, H, 2, H, H, Hp), H, 2 * Hp);
+      W_hn.init(pad_transposed(wh + 2 * H * H, H, 1, H, H, Hp), H, Hp);
     }
+    const std::vector<S> bias_x = pad_gates(bias_g.data_ptr<S>(), 3, H, Hp);
     auto ptr = [](at::Tensor& t) { return t.defined() ? t.data_ptr<S>() : nullptr; };
-    Fwd<S> f{T, B, I, H, x.data_ptr<S>(), x.stride(0), x.stride(1), &W_i, &W_h, &W_hn, w_ih.data_ptr<S>(), bias_g.data_ptr<S>(),
-             b_hn.data_ptr<S>(), len.defined() ? len.data_ptr<int64_t>() : nullptr, reverse, training,
-             out.data_ptr<S>(), h_n.data_ptr<S>(), ptr(xs), ptr(gates), ptr(aux), ptr(hprev), scratch.data_ptr<S>()};
+    Fwd<S> f{T, B, I, H, Hp, x.data_ptr<S>(), x.stride(0), x.stride(1), &W_x, &W_h, &W_hn, bias_x.data(),
+             reset_after ? bias_h.data() : nullptr, len.defined() ? len.data_ptr<int64_t>() : nullptr, reverse,
+             training, h0_zero, out.data_ptr<S>(), h_n.data_ptr<S>(), ptr(xs), ptr(gates), ptr(aux), ptr(hprev),
+             nullptr};
+    auto scratch = BufferPool::empty({B * f.scratch_per_row()}, opt);
+    f.scratch = scratch.data_ptr<S>();
     with_activation(activation, [&](auto act) {
       constexpr int ACT = decltype(act)::value;
       for_batch_chunks(ch, big_steps, [&](int64_t, int64_t b0, int64_t b1) {
         // Inference: rows are independent and nothing is kept per step, so each thread runs the whole
         // sequence on blocks of kInferenceRows rows at a time: the block's G, W_hh h and h stay in L1/L2
-        // instead of streaming a (rows, 7H) scratch through L3 every step.
+        // instead of streaming a (rows, 8 Hp) scratch through L3 every step.
         const int64_t step = training ? std::max<int64_t>(b1 - b0, 1) : kInferenceRows;
         for (int64_t r0 = b0; r0 < b1; r0 += step) {
           const int64_t r1 = std::min(b1, r0 + step);

@@ -11,7 +11,12 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 #include <vector>
+
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
 
 namespace grunet {
 
@@ -22,10 +27,12 @@ struct Vec {
   typedef S type_u __attribute__((vector_size(64), aligned(sizeof(S))));  // unaligned loads/stores
 };
 
-// B (K, N) in row-major with N padded to a multiple of the vector width, 64-byte aligned.
+// B (K, N) in row-major with N padded to a multiple of the vector width, 64-byte aligned. A product
+// reads A's row as K values, or, with segments, as blocks of `seg` values `stride` apart (A's gate blocks
+// padded to whole vectors, whose padding B's packing left out).
 template <typename S>
 struct PackedB {
-  int64_t K = 0, N = 0, Np = 0;
+  int64_t K = 0, N = 0, Np = 0, seg = 0, stride = 0;
   std::vector<S, std::allocator<S>> storage;
   S* data = nullptr;
 
@@ -34,6 +41,7 @@ struct PackedB {
     constexpr int W = Vec<S>::kWidth;
     K = K_;
     N = N_;
+    seg = stride = K;
     Np = (N + W - 1) / W * W;
     storage.assign(K * Np + W, S(0));
     data = storage.data();
@@ -47,14 +55,48 @@ struct PackedB {
         std::memcpy(row, src + k * ld, N * sizeof(S));
     }
   }
+
+  // src (Kp, N) row-major whose rows come in blocks of `stride_`, the first `seg_` of each real: packs only
+  // the real rows, and products read A in the same blocks
+  void pack_segments(const S* src, int64_t Kp, int64_t N_, int64_t seg_, int64_t stride_) {
+    std::vector<S> rows;
+    rows.reserve(Kp / stride_ * seg_ * N_);
+    for (int64_t k = 0; k < Kp; ++k)
+      if (k % stride_ < seg_) rows.insert(rows.end(), src + k * N_, src + (k + 1) * N_);
+    pack(rows.data(), N_, false, Kp / stride_ * seg_, N_);
+    seg = seg_;
+    stride = stride_;
+  }
 };
 
 namespace detail {
 
+// c[0:n] (+)= v[0:n] for 0 < n <= W: one masked store with AVX-512 (an edge tile of 75 or 225 columns
+// otherwise stores its last partial vector value by value, ~5% of a per-step product), else a loop.
+template <typename S>
+inline void store_partial(S* c, const typename Vec<S>::type& v, int n, bool accumulate) {
+#if defined(__AVX512F__)
+  if constexpr (std::is_same_v<S, float>) {
+    const __mmask16 m = (__mmask16)((1u << n) - 1u);
+    __m512 x = (__m512)v;
+    if (accumulate) x = _mm512_add_ps(x, _mm512_maskz_loadu_ps(m, c));
+    _mm512_mask_storeu_ps(c, m, x);
+    return;
+  } else if constexpr (std::is_same_v<S, double>) {
+    const __mmask8 m = (__mmask8)((1u << n) - 1u);
+    __m512d x = (__m512d)v;
+    if (accumulate) x = _mm512_add_pd(x, _mm512_maskz_loadu_pd(m, c));
+    _mm512_mask_storeu_pd(c, m, x);
+    return;
+  }
+#endif
+  for (int j = 0; j < n; ++j) c[j] = accumulate ? c[j] + v[j] : v[j];
+}
+
 // One MR x (NV * W) tile of C = A @ B (+ C if accumulate); `cols` <= NV * W valid columns of C.
 template <typename S, int MR, int NV>
-inline void tile(int64_t K, const S* A, int64_t lda, const S* Bp, int64_t ldb, S* C, int64_t ldc, int64_t cols,
-                 bool accumulate, int64_t rows, const S* bias) {
+inline void tile(int64_t K, int64_t seg, int64_t stride, const S* A, int64_t lda, const S* Bp, int64_t ldb, S* C,
+                 int64_t ldc, int64_t cols, bool accumulate, int64_t rows, const S* bias) {
   using V = typename Vec<S>::type;
   using VU = typename Vec<S>::type_u;
   constexpr int W = Vec<S>::kWidth;
@@ -63,15 +105,19 @@ inline void tile(int64_t K, const S* A, int64_t lda, const S* Bp, int64_t ldb, S
   for (int i = 0; i < MR; ++i)
 #pragma GCC unroll 16
     for (int v = 0; v < NV; ++v) acc[i][v] = bias ? V(*reinterpret_cast<const VU*>(bias + v * W)) : V{};
-  for (int64_t k = 0; k < K; ++k) {
-    V b[NV];
+  for (int64_t k0 = 0, a0 = 0; k0 < K; k0 += seg, a0 += stride) {  // B's rows k0.., A's columns a0..
+    const S* Bs = Bp + k0 * ldb;
+    const S* As = A + a0;
+    for (int64_t k = 0; k < seg; ++k) {
+      V b[NV];
 #pragma GCC unroll 16
-    for (int v = 0; v < NV; ++v) b[v] = *reinterpret_cast<const V*>(Bp + k * ldb + v * W);
+      for (int v = 0; v < NV; ++v) b[v] = *reinterpret_cast<const V*>(Bs + k * ldb + v * W);
 #pragma GCC unroll 16
-    for (int i = 0; i < MR; ++i) {
-      const S a = A[i * lda + k];
+      for (int i = 0; i < MR; ++i) {
+        const S a = As[i * lda + k];
 #pragma GCC unroll 16
-      for (int v = 0; v < NV; ++v) acc[i][v] += a * b[v];
+        for (int v = 0; v < NV; ++v) acc[i][v] += a * b[v];
+      }
     }
   }
   if (rows == MR && cols == NV * W) {
@@ -84,12 +130,15 @@ inline void tile(int64_t K, const S* A, int64_t lda, const S* Bp, int64_t ldb, S
       }
     return;
   }
-  for (int i = 0; i < rows; ++i) {  // edge tile: scalar stores of the valid part
-    S buf[NV * W];
-    std::memcpy(buf, &acc[i][0], sizeof(buf));
-    S* c = C + i * ldc;
-    for (int64_t j = 0; j < cols; ++j) c[j] = accumulate ? c[j] + buf[j] : buf[j];
-  }
+  for (int i = 0; i < rows; ++i)  // edge tile: whole vectors, then the valid part of the last one
+#pragma GCC unroll 16
+    for (int v = 0; v < NV; ++v) {
+      const int64_t n = std::min<int64_t>(W, cols - v * W);
+      if (n <= 0) break;
+      VU* c = reinterpret_cast<VU*>(C + i * ldc + v * W);
+      if (n == W) *c = accumulate ? *c + acc[i][v] : acc[i][v];
+      else store_partial<S>(C + i * ldc + v * W, acc[i][v], (int)n, accumulate);
+    }
 }
 
 }  // namespace detail
@@ -101,7 +150,7 @@ void small_gemm(int64_t M, const S* A, int64_t lda, const PackedB<S>& B, S* C, i
                 const S* bias = nullptr) {
   constexpr int W = Vec<S>::kWidth;
   constexpr int MR = 5, NV = 3;  // 15 accumulators + 3 B vectors + a broadcast: fits 32 AVX-512 registers
-  const int64_t K = B.K, N = B.N, Np = B.Np;
+  const int64_t K = B.K, N = B.N, Np = B.Np, seg = B.seg, stride = B.stride;
   for (int64_t j0 = 0; j0 < Np; j0 += NV * W) {
     const int64_t nv = std::min<int64_t>(NV, (Np - j0) / W);
     const int64_t cols = std::min<int64_t>(N - j0, nv * W);
@@ -114,9 +163,9 @@ void small_gemm(int64_t M, const S* A, int64_t lda, const PackedB<S>& B, S* C, i
       // full-height tiles use all MR rows; the last rows run a smaller instantiation
       auto run = [&](auto mr) {
         constexpr int R = decltype(mr)::value;
-        if (nv == 3) detail::tile<S, R, 3>(K, a, lda, b, Np, c, ldc, cols, accumulate, rows, bj);
-        else if (nv == 2) detail::tile<S, R, 2>(K, a, lda, b, Np, c, ldc, cols, accumulate, rows, bj);
-        else detail::tile<S, R, 1>(K, a, lda, b, Np, c, ldc, cols, accumulate, rows, bj);
+        if (nv == 3) detail::tile<S, R, 3>(K, seg, stride, a, lda, b, Np, c, ldc, cols, accumulate, rows, bj);
+        else if (nv == 2) detail::tile<S, R, 2>(K, seg, stride, a, lda, b, Np, c, ldc, cols, accumulate, rows, bj);
+        else detail::tile<S, R, 1>(K, seg, stride, a, lda, b, Np, c, ldc, cols, accumulate, rows, bj);
       };
       switch (rows) {
         case 5: run(std::integral_constant<int, 5>{}); break;
@@ -129,82 +178,91 @@ void small_gemm(int64_t M, const S* A, int64_t lda, const PackedB<S>& B, S* C, i
   }
 }
 
-// Weight gradients: out (N, M) = B^T A, i.e. out[j, i] = sum_k A[k, i] * B[k, j], with A (K, M) row stride
-// lda and B (K, N) row stride ldb, summed over K (the T * rows of a chunk). Each MR x NV-vector tile of
-// out^T keeps its accumulators in registers over the whole K loop and is stored transposed at the end.
-// B's rows are read in whole vectors: columns up to N rounded up to the vector width must lie inside B's
-// row (the caller pads ldb).
-template <typename S>
-void small_gemm_tn_block(int64_t M, int64_t N, int64_t K, const S* A, int64_t lda, const S* B, int64_t ldb, S* out,
-                         int64_t ldo, bool accumulate) {
+// Weight gradients: out (N, M) = D^T A, out[j, i] = sum_k D[k, j] * A[k, i], summed over K (the T * rows
+// of a chunk), with A (K, M) of row stride lda and D (K, .) of row stride ldd. Each tile holds MR rows j of
+// out (D's values broadcast) by NV vectors of its columns i (A's rows, read in whole vectors: A's rows must
+// be readable up to M rounded up to the vector width), in registers over the whole K loop, and is stored
+// with contiguous (masked at the edge) vector stores into out's rows.
+// D's columns come in `blocks` gate blocks `seg` apart of which the first `valid` are real: block g's
+// column g * seg + u is out's row g * valid + u, and the padding columns are never computed.
+namespace detail {
+
+template <typename S, int MR, int NV>
+inline void tile_tn(int64_t K, const S* A, int64_t lda, const S* D, int64_t ldd, S* out, int64_t ldo, int64_t cols,
+                    bool accumulate) {
   using V = typename Vec<S>::type;
   using VU = typename Vec<S>::type_u;
   constexpr int W = Vec<S>::kWidth;
-  constexpr int MR = 5, NV = 3;
-  const int64_t Np = (N + W - 1) / W * W;
-  for (int64_t j0 = 0; j0 < Np; j0 += NV * W) {
-    const int64_t nv = std::min<int64_t>(NV, (Np - j0) / W);
-    const int64_t cols = std::min<int64_t>(N - j0, nv * W);
-    for (int64_t i0 = 0; i0 < M; i0 += MR) {
-      const int64_t rows = std::min<int64_t>(MR, M - i0);
-      auto run = [&](auto mr, auto nvc) {
-        constexpr int R = decltype(mr)::value, NVC = decltype(nvc)::value;
-        V acc[R][NVC];
+  V acc[MR][NV];
 #pragma GCC unroll 16
-        for (int i = 0; i < R; ++i)
+  for (int r = 0; r < MR; ++r)
 #pragma GCC unroll 16
-          for (int v = 0; v < NVC; ++v) acc[i][v] = V{};
-        const S* a = A + i0;
-        const S* b = B + j0;
-        for (int64_t k = 0; k < K; ++k) {
-          V bv[NVC];
+    for (int v = 0; v < NV; ++v) acc[r][v] = V{};
+  for (int64_t k = 0; k < K; ++k) {
+    V a[NV];
 #pragma GCC unroll 16
-          for (int v = 0; v < NVC; ++v) bv[v] = *reinterpret_cast<const VU*>(b + k * ldb + v * W);
+    for (int v = 0; v < NV; ++v) a[v] = *reinterpret_cast<const VU*>(A + k * lda + v * W);
 #pragma GCC unroll 16
-          for (int i = 0; i < R; ++i) {
-            const S av = a[k * lda + i];
+    for (int r = 0; r < MR; ++r) {
+      const S d = D[k * ldd + r];
 #pragma GCC unroll 16
-            for (int v = 0; v < NVC; ++v) acc[i][v] += av * bv[v];
-          }
-        }
-        for (int i = 0; i < R; ++i) {
-          S buf[NVC * W];
-          std::memcpy(buf, &acc[i][0], sizeof(buf));
-          if (accumulate)
-            for (int64_t j = 0; j < cols; ++j) out[(j0 + j) * ldo + i0 + i] += buf[j];
-          else
-            for (int64_t j = 0; j < cols; ++j) out[(j0 + j) * ldo + i0 + i] = buf[j];
-        }
-      };
-      auto with_nv = [&](auto mr) {
-        if (nv == 3) run(mr, std::integral_constant<int, 3>{});
-        else if (nv == 2) run(mr, std::integral_constant<int, 2>{});
-        else run(mr, std::integral_constant<int, 1>{});
-      };
-      switch (rows) {
-        case 5: with_nv(std::integral_constant<int, 5>{}); break;
-        case 4: with_nv(std::integral_constant<int, 4>{}); break;
-        case 3: with_nv(std::integral_constant<int, 3>{}); break;
-        case 2: with_nv(std::integral_constant<int, 2>{}); break;
-        default: with_nv(std::integral_constant<int, 1>{}); break;
-      }
+      for (int v = 0; v < NV; ++v) acc[r][v] += d * a[v];
     }
   }
+#pragma GCC unroll 16
+  for (int r = 0; r < MR; ++r)
+#pragma GCC unroll 16
+    for (int v = 0; v < NV; ++v) {
+      const int64_t n = std::min<int64_t>(W, cols - v * W);
+      if (n <= 0) break;
+      S* o = out + r * ldo + v * W;
+      if (n == W) {
+        VU* c = reinterpret_cast<VU*>(o);
+        *c = accumulate ? *c + acc[r][v] : acc[r][v];
+      } else {
+        store_partial<S>(o, acc[r][v], (int)n, accumulate);
+      }
+    }
 }
 
-// K is walked in blocks of at most kBlockTN rows (later blocks add to out) so that a block of B stays in L2.
+}  // namespace detail
+
+// K is walked in blocks of at most kBlockTN rows (later blocks add to out) so that a block of A stays in L2.
 constexpr int64_t kBlockTN = 768;
 
 template <typename S>
-void small_gemm_tn(int64_t M, int64_t N, int64_t K, const S* A, int64_t lda, const S* B, int64_t ldb, S* out,
-                   int64_t ldo) {
-  if (K > kBlockTN) {
-    const int64_t blocks = (K + kBlockTN - 1) / kBlockTN, kb = (K + blocks - 1) / blocks;  // even blocks
-    for (int64_t k0 = 0; k0 < K; k0 += kb)
-      small_gemm_tn_block(M, N, std::min(kb, K - k0), A + k0 * lda, lda, B + k0 * ldb, ldb, out, ldo, k0 > 0);
-    return;
+void small_gemm_tn(int64_t M, int64_t K, const S* A, int64_t lda, const S* D, int64_t ldd, int64_t blocks,
+                   int64_t seg, int64_t valid, S* out, int64_t ldo) {
+  constexpr int W = Vec<S>::kWidth;
+  constexpr int MR = 5, NV = 3;  // 15 accumulators + 3 A vectors + a broadcast, as in small_gemm
+  const int64_t kblocks = std::max<int64_t>(1, (K + kBlockTN - 1) / kBlockTN), kb = (K + kblocks - 1) / kblocks;
+  for (int64_t k0 = 0; k0 < std::max<int64_t>(K, 1); k0 += std::max<int64_t>(kb, 1)) {
+    const int64_t nk = std::min(kb, K - k0);
+    const bool accumulate = k0 > 0;
+    for (int64_t i0 = 0; i0 < M; i0 += NV * W) {
+      const int64_t cols = std::min<int64_t>(M - i0, NV * W), nv = (cols + W - 1) / W;
+      for (int64_t g = 0; g < blocks; ++g)
+        for (int64_t u0 = 0; u0 < valid; u0 += MR) {
+          const int64_t rows = std::min<int64_t>(MR, valid - u0);
+          const S* a = A + k0 * lda + i0;
+          const S* d = D + k0 * ldd + g * seg + u0;
+          S* o = out + (g * valid + u0) * ldo + i0;
+          auto run = [&](auto mr) {
+            constexpr int R = decltype(mr)::value;
+            if (nv == 3) detail::tile_tn<S, R, 3>(nk, a, lda, d, ldd, o, ldo, cols, accumulate);
+            else if (nv == 2) detail::tile_tn<S, R, 2>(nk, a, lda, d, ldd, o, ldo, cols, accumulate);
+            else detail::tile_tn<S, R, 1>(nk, a, lda, d, ldd, o, ldo, cols, accumulate);
+          };
+          switch (rows) {
+            case 5: run(std::integral_constant<int, 5>{}); break;
+            case 4: run(std::integral_constant<int, 4>{}); break;
+            case 3: run(std::integral_constant<int, 3>{}); break;
+            case 2: run(std::integral_constant<int, 2>{}); break;
+            default: run(std::integral_constant<int, 1>{}); break;
+          }
+        }
+    }
   }
-  small_gemm_tn_block(M, N, K, A, lda, B, ldb, out, ldo, false);
 }
 
 }  // namespace grunet
