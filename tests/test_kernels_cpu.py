@@ -162,6 +162,46 @@ def test_zero_initial_state(dtype, reset_after, reverse, h0_kind, threads):
         assert_close(a, b, TOL[dtype], name)
 
 
+POISON_SCRIPT = """
+import itertools, sys, torch
+sys.path.insert(0, sys.argv[1])
+from test_kernels_cpu import NAMES, TOL, assert_close, cpu, layer_inputs, reference_layer, run_layer
+for dtype, reset_after, reverse, lengths, threads, shape, h0_zero in itertools.product(
+        [torch.float32, torch.float64], [True, False], [False, True], [False, True], [1, 2],
+        [(28, 50, 28, 75), (5, 9, 3, 16)], [False, True]):
+    T, B, I, H = shape
+    tensors, upstream = layer_inputs(T, B, I, H, dtype, reset_after, True, seed=7)
+    if h0_zero:
+        tensors[1] = torch.zeros_like(tensors[1])
+    lens = torch.randint(1, T + 1, (B,), generator=torch.Generator().manual_seed(3)) if lengths else None
+    kw = dict(reset_after=reset_after, activation_name="sigmoid", lengths=lens, reverse=reverse)
+    cpu.set_threads(threads)
+    for name, a, b in zip(NAMES, run_layer(reference_layer, tensors, upstream, **kw),
+                          run_layer(cpu.gru_layer, tensors, upstream, **kw)):
+        assert_close(a, b, TOL[dtype], name)
+    with torch.no_grad():
+        out, h_n = cpu.gru_layer(*tensors, **kw)
+    ref_out, ref_h = reference_layer(*tensors, **kw)
+    assert_close(ref_out, out, TOL[dtype], "no-grad out")
+    assert_close(ref_h, h_n, TOL[dtype], "no-grad h_n")
+print("ok")
+"""
+
+
+def test_no_value_is_read_before_it_is_written(tmp_path):
+    # GRUNET_POISON_BUFFERS fills every buffer the kernel takes (pooled or fresh) and its packed weights
+    # with NaN: a padding unit or scratch value read before it is written would turn up as NaN here
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = dict(os.environ, GRUNET_POISON_BUFFERS="1")
+    r = subprocess.run([sys.executable, "-c", POISON_SCRIPT, str(Path(__file__).parent)], env=env,
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-3000:]
+
+
 @pytest.mark.parametrize("reset_after", [True, False])
 def test_wide_layer_weight_gradients_through_blas(reset_after):
     # H > 256: the weight gradients go through BLAS instead of small_gemm_tn (and dG's padded rows)
@@ -233,15 +273,21 @@ def test_reference_impl_does_not_use_the_kernel(spy):
 
 @pytest.fixture
 def ext_spy(monkeypatch, built):
-    """Records the `training` flag of every call of the extension's forward."""
+    """Records, per call into the extension, whether it was the training forward: gru_autograd (keeps the
+    gates for its backward) or forward with its `training` flag."""
     flags = []
-    real = built.forward
+    real_forward, real_autograd = built.forward, built.gru_autograd
 
-    def wrapped(*args):
+    def forward(*args):
         flags.append(args[10])
-        return real(*args)
+        return real_forward(*args)
 
-    monkeypatch.setattr(built, "forward", wrapped)
+    def autograd(*args):
+        flags.append(True)
+        return real_autograd(*args)
+
+    monkeypatch.setattr(built, "forward", forward)
+    monkeypatch.setattr(built, "gru_autograd", autograd)
     return flags
 
 

@@ -39,36 +39,6 @@ def get_threads() -> int:
     return _threads if _threads is not None else torch.get_num_threads()
 
 
-class _FusedGRU(torch.autograd.Function):
-    """Autograd wrapper: forward keeps (chunk-major) x, gates (T*B,3H), aux and hprev (T*B,H) for backward."""
-
-    @staticmethod
-    def forward(ctx, x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reset_after, act, reverse):
-        ext = load()
-        chunks = ext.batch_chunks(x.shape[1], h0.shape[1], get_threads())
-        out, h_n, xs, gates, aux, hprev = ext.forward(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reset_after, act,
-                                                      reverse, True, chunks)
-        ctx.save_for_backward(w_ih, w_hh, xs, gates, aux, hprev, lengths)
-        ctx.config = (reset_after, act, reverse, b_ih is not None, b_hh is not None, chunks, x.shape[0])
-        ctx.set_materialize_grads(False)  # an unused output (a classifier reads only h_n) costs no zeros
-        return out, h_n
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, dout, dh_n):
-        if dout is None and dh_n is None:  # no gradient reached either output
-            return (None,) * 10
-        w_ih, w_hh, xs, gates, aux, hprev, lengths = ctx.saved_tensors
-        reset_after, act, reverse, has_b_ih, has_b_hh, chunks, T = ctx.config
-        need = ctx.needs_input_grad
-        dx, dh0, dw_ih, dw_hh, db_ih, db_hh = load().backward(
-            dout, dh_n, w_ih, w_hh, xs, gates, aux, hprev, lengths, reset_after, act, reverse,
-            has_b_ih, has_b_hh, need[0], need[1], any(need[2:6]), chunks, T)
-        return (dx if need[0] else None, dh0 if need[1] else None, dw_ih if need[2] else None,
-                dw_hh if need[3] else None, db_ih if has_b_ih and need[4] else None,
-                db_hh if has_b_hh and need[5] else None, None, None, None, None)
-
-
 def gru_layer(
     x: Tensor,
     h0: Tensor,
@@ -98,9 +68,11 @@ def gru_layer(
     if lengths is not None:
         lengths = lengths.to(device="cpu", dtype=torch.int64)
     tensors = (x, h0, w_ih, w_hh, b_ih, b_hh)
-    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
-        return _FusedGRU.apply(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reset_after, act, reverse)
     ext = load()
     chunks = ext.batch_chunks(x.shape[1], h0.shape[1], get_threads())
-    out, h_n = ext.forward(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reset_after, act, reverse, False, chunks)
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
+        # a C++ autograd function (gru_autograd.cpp): saves what backward needs, backward runs without Python
+        out, h_n = ext.gru_autograd(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reset_after, act, reverse, chunks)
+    else:
+        out, h_n = ext.forward(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reset_after, act, reverse, False, chunks)
     return out, h_n

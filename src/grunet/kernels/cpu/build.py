@@ -24,7 +24,7 @@ from typing import Optional
 from .. import KernelUnavailable
 
 HERE = Path(__file__).resolve().parent
-SOURCES = ("bindings.cpp", "gru_forward.cpp", "gru_backward.cpp")
+SOURCES = ("bindings.cpp", "gru_forward.cpp", "gru_backward.cpp", "gru_autograd.cpp")
 HEADERS = ("gru_cpu.h", "small_gemm.h")
 CFLAGS = ["-O3", "-march=native", "-ffast-math", "-fopenmp", "-std=c++17"]
 LDFLAGS = ["-fopenmp"]

@@ -162,7 +162,15 @@ struct Bwd {
         std::copy(da_n + (base + r) * Hp, da_n + (base + r + 1) * Hp, dGc + r * H3 + 2 * Hp);
     if (need_weights) {
       weight_grad(tn, 3, I, rows, xs + base * I, I, dGc, dw_ih + c * 3 * H * I);  // dW_ih = dG_x^T x
-      if (has_b_ih) gate_column_sums(dGc, rows, H3, 3, H, Hp, db_ih + c * 3 * H);
+      if (has_b_ih) {
+        S* dbi = db_ih + c * 3 * H;
+        if (reset_after && has_b_hh) {  // dG_x and dG_h differ only in the n block
+          std::copy(db_hh + c * 3 * H, db_hh + c * 3 * H + 2 * H, dbi);
+          gate_column_sums(dGc + 2 * Hp, rows, H3, 1, H, Hp, dbi + 2 * H);
+        } else {
+          gate_column_sums(dGc, rows, H3, 3, H, Hp, dbi);
+        }
+      }
     }
     if (need_dx) {
       S* dxc = dx_scratch + base * I;
@@ -233,10 +241,10 @@ std::vector<at::Tensor> gru_backward(const c10::optional<at::Tensor>& dout_in, c
     const S* wh = w_hh.data_ptr<S>();
     // K runs over dG's padded gate blocks: the packed products skip the padding (segments of H in Hp)
     if (reset_after) {
-      W_h.init(pad_rows(wh, H, 3, H, H, Hp, Hp), 3 * Hp, Hp, H, Hp);
+      W_h.init_rows(wh, H, 3, H, Hp);
     } else {
-      W_h.init(pad_rows(wh, H, 2, H, H, Hp, Hp), 2 * Hp, Hp, H, Hp);
-      W_hn.init(pad_rows(wh + 2 * H * H, H, 1, H, H, Hp, Hp), Hp, Hp, H, Hp);
+      W_h.init_rows(wh, H, 2, H, Hp);
+      W_hn.init_rows(wh + 2 * H * H, H, 1, H, Hp);
     }
     S* d = dh.data_ptr<S>();
     for (int64_t b = 0; b < B; ++b) {

@@ -19,6 +19,8 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
+#include <limits>
 #include <vector>
 
 #include "small_gemm.h"
@@ -196,9 +198,9 @@ inline std::vector<S> pad_gates(const S* b, int64_t G, int64_t H, int64_t Hp) {
   return v;
 }
 
-// A per-step product C = A @ M with M (K, N) given dense, row-major (N already padded to whole vectors):
-// small matrices are packed once for the register-blocked kernel (small_gemm.h); big ones go to BLAS,
-// which blocks for the caches itself. `bias` (N,), when given, is every row's initial value.
+// A per-step product C = A @ M: small matrices are packed once per call for the register-blocked kernel
+// (small_gemm.h); big ones go to BLAS as dense padded matrices (BLAS blocks for the caches itself).
+// `bias` (N,), when given, is every row's initial value.
 template <typename S>
 struct StepMatrix {
   PackedB<S> packed;
@@ -206,14 +208,22 @@ struct StepMatrix {
   bool use_packed = false;
   int64_t K = 0, N = 0;
 
-  // m (K, N); seg > 0: m's rows are gate blocks of `stride` rows of which the first `seg` are real, and
-  // so are A's columns: the packed product skips the padding (BLAS multiplies its zeros)
-  void init(std::vector<S> m, int64_t K_, int64_t N_, int64_t seg = 0, int64_t stride = 0) {
-    K = K_, N = N_;
-    use_packed = K * N * (int64_t)sizeof(S) <= ((int64_t)512 << 10);
-    if (!use_packed) dense = std::move(m);
-    else if (seg > 0 && seg < stride) packed.pack_segments(m.data(), K, N, seg, stride);
-    else packed.pack(m.data(), N, false, K, N);
+  static bool small(int64_t K, int64_t N) { return K * N * (int64_t)sizeof(S) <= ((int64_t)512 << 10); }
+
+  // M = w^T in gate blocks (K, G Hp), w (G H, K) with row stride ldw (the forward's products)
+  void init_transposed(const S* w, int64_t ldw, int64_t G, int64_t H, int64_t K_, int64_t Hp) {
+    K = K_, N = G * Hp;
+    use_packed = small(K, N);
+    if (use_packed) packed.pack_gates_transposed(w, ldw, G, H, K, Hp);
+    else dense = pad_transposed(w, ldw, G, H, K, Hp);
+  }
+  // M = w in gate blocks (G Hp, Hp), w (G H, H) with row stride ldw (the backward's products): A's rows are
+  // G blocks of Hp values; the packed product skips their padding, BLAS multiplies M's zero rows
+  void init_rows(const S* w, int64_t ldw, int64_t G, int64_t H, int64_t Hp) {
+    K = G * Hp, N = Hp;
+    use_packed = small(K, N);
+    if (use_packed) packed.pack_segments(w, ldw, G * H, H, H, Hp);
+    else dense = pad_rows(w, ldw, G, H, H, Hp, Hp);
   }
   void mul(int64_t M, const S* A, int64_t lda, S* C, int64_t ldc, bool accumulate, const S* bias = nullptr) const {
     if (M == 0) return;
@@ -253,7 +263,21 @@ inline void for_batch_chunks(const Chunking& ch, bool big_steps, const F& f) {
 // one reference to its storage (autograd has released the saved tensors, the caller dropped its output).
 class BufferPool {
  public:
-  static at::Tensor empty(at::IntArrayRef sizes, const at::TensorOptions& opt) {
+  static at::Tensor empty(at::IntArrayRef sizes, const at::TensorOptions& opt) { return poisoned(take(sizes, opt)); }
+  // GRUNET_POISON_BUFFERS set: every buffer handed out is filled with NaN, so that a value read before it
+  // is written shows up in the results (tests run the kernel so)
+  static bool poison() {
+    static const bool p = std::getenv("GRUNET_POISON_BUFFERS") != nullptr;
+    return p;
+  }
+  static at::Tensor zeros(at::IntArrayRef sizes, const at::TensorOptions& opt) { return take(sizes, opt).zero_(); }
+
+ private:
+  static at::Tensor poisoned(at::Tensor t) {
+    if (poison()) t.fill_(std::numeric_limits<double>::quiet_NaN());
+    return t;
+  }
+  static at::Tensor take(at::IntArrayRef sizes, const at::TensorOptions& opt) {
     int64_t numel = 1;
     for (auto s : sizes) numel *= s;
     const int64_t bytes = numel * (int64_t)c10::elementSize(c10::typeMetaToScalarType(opt.dtype()));
@@ -267,9 +291,6 @@ class BufferPool {
     pool.push_back(t);
     return t.view(sizes);
   }
-  static at::Tensor zeros(at::IntArrayRef sizes, const at::TensorOptions& opt) { return empty(sizes, opt).zero_(); }
-
- private:
   static constexpr int64_t kMinBytes = 4 << 10, kMaxBytes = 64 << 20, kMaxBuffers = 32;
   static std::vector<at::Tensor>& buffers() {
     thread_local std::vector<at::Tensor> pool;
@@ -307,6 +328,12 @@ std::vector<at::Tensor> gru_backward(const c10::optional<at::Tensor>& dout, cons
                                      const c10::optional<at::Tensor>& lengths, bool reset_after, int64_t activation,
                                      bool reverse, bool has_b_ih, bool has_b_hh, bool need_dx, bool need_dh0,
                                      bool need_weights, int64_t chunks, int64_t T);
+
+// (out, h_n) through autograd: gru_forward when called, gru_backward from the autograd engine (gru_autograd.cpp)
+std::vector<at::Tensor> gru_autograd(const at::Tensor& x, const at::Tensor& h0, const at::Tensor& w_ih,
+                                     const at::Tensor& w_hh, const c10::optional<at::Tensor>& b_ih,
+                                     const c10::optional<at::Tensor>& b_hh, const c10::optional<at::Tensor>& lengths,
+                                     bool reset_after, int64_t activation, bool reverse, int64_t chunks);
 
 // Dispatch a runtime activation code to a template argument.
 template <typename F>

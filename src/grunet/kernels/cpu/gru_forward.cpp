@@ -275,24 +275,20 @@ std::vector<at::Tensor> gru_forward(const at::Tensor& x_in, const at::Tensor& h0
                   w_hh.size(1) == H, "grunet: shape mismatch between x, h0, w_ih and w_hh");
   TORCH_CHECK(chunks >= 1 && chunks <= std::max<int64_t>(B, 1), "grunet: chunks must be in [1, B]");
   const auto opt = x.options();
-  // the bias added to G: reset-after b_ih + (b_hr, b_hz, 0); reset-before the one bias b (= b_ih)
-  at::Tensor bias_g = b_ih.has_value() ? b_ih->to(x.scalar_type()).contiguous().clone() : at::zeros({3 * H}, opt);
-  at::Tensor b_hn = at::zeros({H}, opt);
-  if (reset_after && b_hh.has_value()) {
-    bias_g.narrow(0, 0, 2 * H).add_(b_hh->narrow(0, 0, 2 * H));
-    b_hn.copy_(b_hh->narrow(0, 2 * H, H));
-  }
+  // (raw buffers below, not ATen ops: a call's fixed cost is a few percent of the tutorial model's step)
+  const auto bi = b_ih.has_value() ? b_ih->to(x.scalar_type()).contiguous() : at::Tensor();
+  const auto bh = reset_after && b_hh.has_value() ? b_hh->to(x.scalar_type()).contiguous() : at::Tensor();
+  const auto h0c = h0.to(x.scalar_type()).contiguous();
   at::Tensor len;
   if (lengths.has_value()) len = lengths->to(at::kLong).contiguous();
 
   auto out = BufferPool::empty({T, B, H}, opt);
-  auto h_n = h0.to(x.scalar_type()).contiguous().clone();  // h0 in; h_n out
+  auto h_n = at::empty({B, H}, opt);  // h0 copied in below; h_n out
   const int64_t Hp = x.scalar_type() == at::kDouble ? padded_units<double>(H) : padded_units<float>(H);
   at::Tensor xs, gates, aux, hprev;
   if (training) {
     // backward's weight-gradient products read xs's rows in whole vectors, past the last row's end too
-    auto xs_buf = BufferPool::empty({T * B * I + kVectorSlack}, opt);
-    xs_buf.narrow(0, T * B * I, kVectorSlack).zero_();
+    auto xs_buf = BufferPool::empty({T * B * I + kVectorSlack}, opt);  // the slack is zeroed below
     xs = xs_buf.narrow(0, 0, T * B * I).view({T * B, I});
     gates = BufferPool::empty({T * B, 3 * Hp}, opt);
     aux = BufferPool::empty({T * B, Hp}, opt);
@@ -303,10 +299,20 @@ std::vector<at::Tensor> gru_forward(const at::Tensor& x_in, const at::Tensor& h0
 
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "grunet_gru_forward", [&] {
     using S = scalar_t;
+    std::copy(h0c.data_ptr<S>(), h0c.data_ptr<S>() + B * H, h_n.data_ptr<S>());
+    if (training) std::fill(xs.data_ptr<S>() + T * B * I, xs.data_ptr<S>() + T * B * I + kVectorSlack, S(0));
+    // the bias added to G: reset-after b_ih + (b_hr, b_hz, 0); reset-before the one bias b (= b_ih); b_hn
+    std::vector<S> bias_g(3 * H, S(0)), b_hn(H, S(0));
+    if (bi.defined()) std::copy(bi.data_ptr<S>(), bi.data_ptr<S>() + 3 * H, bias_g.begin());
+    if (bh.defined()) {
+      const S* p = bh.data_ptr<S>();
+      for (int64_t j = 0; j < 2 * H; ++j) bias_g[j] += p[j];
+      std::copy(p + 2 * H, p + 3 * H, b_hn.begin());
+    }
     if (lean) {
       Infer<S> inf{T, B, I, H, 0, x.data_ptr<S>(), x.stride(0), x.stride(1),
                    len.defined() ? len.data_ptr<int64_t>() : nullptr, reverse};
-      inf.init(w_ih.data_ptr<S>(), w_hh.data_ptr<S>(), bias_g.data_ptr<S>(), b_hn.data_ptr<S>());
+      inf.init(w_ih.data_ptr<S>(), w_hh.data_ptr<S>(), bias_g.data(), b_hn.data());
       inf.out = out.data_ptr<S>();
       inf.h_n = h_n.data_ptr<S>();
       with_activation(activation, [&](auto act) {
@@ -323,17 +329,17 @@ std::vector<at::Tensor> gru_forward(const at::Tensor& x_in, const at::Tensor& h0
     const S* h0p = h_n.data_ptr<S>();
     const bool h0_zero = std::all_of(h0p, h0p + B * H, [](S v) { return v == S(0); });  // step 0: no W_hh h
     StepMatrix<S> W_x, W_h, W_hn;
-    W_x.init(pad_transposed(wi, I, 3, H, I, Hp), I, 3 * Hp);
+    W_x.init_transposed(wi, I, 3, H, I, Hp);
     std::vector<S> bias_h;
     if (reset_after) {
-      W_h.init(pad_transposed(wh, H, 3, H, H, Hp), H, 3 * Hp);
+      W_h.init_transposed(wh, H, 3, H, H, Hp);
       bias_h.assign(3 * Hp, S(0));
-      std::copy(b_hn.data_ptr<S>(), b_hn.data_ptr<S>() + H, bias_h.data() + 2 * Hp);
+      std::copy(b_hn.begin(), b_hn.end(), bias_h.data() + 2 * Hp);
     } else {
-      W_h.init(pad_transposed(wh, H, 2, H, H, Hp), H, 2 * Hp);
-      W_hn.init(pad_transposed(wh + 2 * H * H, H, 1, H, H, Hp), H, Hp);
+      W_h.init_transposed(wh, H, 2, H, H, Hp);
+      W_hn.init_transposed(wh + 2 * H * H, H, 1, H, H, Hp);
     }
-    const std::vector<S> bias_x = pad_gates(bias_g.data_ptr<S>(), 3, H, Hp);
+    const std::vector<S> bias_x = pad_gates(bias_g.data(), 3, H, Hp);
     auto ptr = [](at::Tensor& t) { return t.defined() ? t.data_ptr<S>() : nullptr; };
     Fwd<S> f{T, B, I, H, Hp, x.data_ptr<S>(), x.stride(0), x.stride(1), &W_x, &W_h, &W_hn, bias_x.data(),
              reset_after ? bias_h.data() : nullptr, len.defined() ? len.data_ptr<int64_t>() : nullptr, reverse,

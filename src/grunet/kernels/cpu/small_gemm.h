@@ -9,8 +9,11 @@
 #pragma once
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
+#include <memory>
 #include <type_traits>
 #include <vector>
 
@@ -27,43 +30,58 @@ struct Vec {
   typedef S type_u __attribute__((vector_size(64), aligned(sizeof(S))));  // unaligned loads/stores
 };
 
-// B (K, N) in row-major with N padded to a multiple of the vector width, 64-byte aligned. A product
+// B (K, N) in row-major with N padded to a multiple of the vector width (zeros), 64-byte aligned. A product
 // reads A's row as K values, or, with segments, as blocks of `seg` values `stride` apart (A's gate blocks
 // padded to whole vectors, whose padding B's packing left out).
 template <typename S>
 struct PackedB {
   int64_t K = 0, N = 0, Np = 0, seg = 0, stride = 0;
-  std::vector<S, std::allocator<S>> storage;
+  std::unique_ptr<S[]> storage;  // uninitialised on allocation: every call packs the weights afresh
   S* data = nullptr;
+
+  void allocate(int64_t K_, int64_t N_) {
+    constexpr int W = Vec<S>::kWidth;
+    K = K_, N = N_, seg = stride = K;
+    Np = (N + W - 1) / W * W;
+    storage.reset(new S[K * Np + W]);
+    static const bool poison = std::getenv("GRUNET_POISON_BUFFERS") != nullptr;  // see BufferPool
+    if (poison) std::fill(storage.get(), storage.get() + K * Np + W, S(NAN));
+    data = storage.get();
+    const auto misalign = reinterpret_cast<uintptr_t>(data) % 64;  // align the panel to 64 bytes
+    if (misalign) data += (64 - misalign) / sizeof(S);
+  }
 
   // src(k, n) = trans ? src[n * ld + k] : src[k * ld + n]
   void pack(const S* src, int64_t ld, bool trans, int64_t K_, int64_t N_) {
-    constexpr int W = Vec<S>::kWidth;
-    K = K_;
-    N = N_;
-    seg = stride = K;
-    Np = (N + W - 1) / W * W;
-    storage.assign(K * Np + W, S(0));
-    data = storage.data();
-    const auto misalign = reinterpret_cast<uintptr_t>(data) % 64;  // align the panel to 64 bytes
-    if (misalign) data += (64 - misalign) / sizeof(S);
+    allocate(K_, N_);
     for (int64_t k = 0; k < K; ++k) {
       S* row = data + k * Np;
       if (trans)
         for (int64_t n = 0; n < N; ++n) row[n] = src[n * ld + k];
       else
         std::memcpy(row, src + k * ld, N * sizeof(S));
+      std::fill(row + N, row + Np, S(0));
     }
   }
 
-  // src (Kp, N) row-major whose rows come in blocks of `stride_`, the first `seg_` of each real: packs only
-  // the real rows, and products read A in the same blocks
-  void pack_segments(const S* src, int64_t Kp, int64_t N_, int64_t seg_, int64_t stride_) {
-    std::vector<S> rows;
-    rows.reserve(Kp / stride_ * seg_ * N_);
-    for (int64_t k = 0; k < Kp; ++k)
-      if (k % stride_ < seg_) rows.insert(rows.end(), src + k * N_, src + (k + 1) * N_);
-    pack(rows.data(), N_, false, Kp / stride_ * seg_, N_);
+  // (K, G * Hp) = w^T in gate blocks, w (G * H, K) with row stride ldw: row k holds w[(g H + u) ldw + k]
+  // at column g Hp + u, zeros in each block's padding
+  void pack_gates_transposed(const S* w, int64_t ldw, int64_t G, int64_t H, int64_t K_, int64_t Hp) {
+    allocate(K_, G * Hp);
+    for (int64_t k = 0; k < K; ++k)
+      for (int64_t g = 0; g < G; ++g) std::fill(data + k * Np + g * Hp + H, data + k * Np + (g + 1) * Hp, S(0));
+    for (int64_t r = 0; r < G * H; ++r) {
+      const S* src = w + r * ldw;
+      S* dst = data + (r / H) * Hp + r % H;
+      for (int64_t k = 0; k < K; ++k) dst[k * Np] = src[k];
+    }
+  }
+
+  // w (K, N) with row stride ld, for products whose A rows come in blocks of seg_ values stride_ apart.
+  // Products write whole padded rows (Np columns, zeros past N), so that C's padding is defined too.
+  void pack_segments(const S* w, int64_t ld, int64_t K_, int64_t N_, int64_t seg_, int64_t stride_) {
+    pack(w, ld, false, K_, N_);
+    N = Np;
     seg = seg_;
     stride = stride_;
   }
