@@ -68,13 +68,13 @@ struct PackedB {
   // at column g Hp + u, zeros in each block's padding
   void pack_gates_transposed(const S* w, int64_t ldw, int64_t G, int64_t H, int64_t K_, int64_t Hp) {
     allocate(K_, G * Hp);
-    for (int64_t k = 0; k < K; ++k)
-      for (int64_t g = 0; g < G; ++g) std::fill(data + k * Np + g * Hp + H, data + k * Np + (g + 1) * Hp, S(0));
-    for (int64_t r = 0; r < G * H; ++r) {
-      const S* src = w + r * ldw;
-      S* dst = data + (r / H) * Hp + r % H;
-      for (int64_t k = 0; k < K; ++k) dst[k * Np] = src[k];
-    }
+    for (int64_t k = 0; k < K; ++k)  // rows written in order: strided reads are cheaper than strided writes
+      for (int64_t g = 0; g < G; ++g) {
+        S* dst = data + k * Np + g * Hp;
+        const S* src = w + g * H * ldw + k;
+        for (int64_t u = 0; u < H; ++u) dst[u] = src[u * ldw];
+        std::fill(dst + H, dst + Hp, S(0));
+      }
   }
 
   // w (K, N) with row stride ld, for products whose A rows come in blocks of seg_ values stride_ apart.
