@@ -168,7 +168,7 @@ sys.path.insert(0, sys.argv[1])
 from test_kernels_cpu import NAMES, TOL, assert_close, cpu, layer_inputs, reference_layer, run_layer
 for dtype, reset_after, reverse, lengths, threads, shape, h0_zero in itertools.product(
         [torch.float32, torch.float64], [True, False], [False, True], [False, True], [1, 2],
-        [(28, 50, 28, 75), (5, 9, 3, 16)], [False, True]):
+        [(28, 50, 28, 75), (5, 9, 3, 16), (3, 6, 5, 260)], [False, True]):
     T, B, I, H = shape
     tensors, upstream = layer_inputs(T, B, I, H, dtype, reset_after, True, seed=7)
     if h0_zero:

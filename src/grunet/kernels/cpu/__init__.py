@@ -8,9 +8,12 @@ How it is fast (DESIGN.md section 5): one GEMM x W_ih^T for all time steps befor
 (B,H)x(H,3H) GEMM and one vectorised pass over the gates (reset-before: a second GEMM for W_hn (r*h));
 backward walks time in reverse with one GEMM per step for dh (two for reset-before), and computes dx,
 dW_ih, dW_hh and the bias gradients with a few big products after the loop. Threads split the batch.
-An output that gets no gradient (a classifier reads only h_n) reaches the backward as None, not zeros.
+The autograd function is C++ (gru_autograd.cpp), so the backward runs without entering Python. An output
+that gets no gradient (a classifier reads only h_n) reaches the backward undefined, not as zeros.
 
 With grad disabled, or when no input requires grad, the forward keeps no gate activations.
+Setting GRUNET_POISON_BUFFERS fills every buffer the kernel takes with NaN (a test runs so: no value may be
+read before it is written).
 """
 from __future__ import annotations
 

@@ -10,10 +10,10 @@
 //                  dG_x = [da_r | da_z | da_n]     (input side: dx, dW_ih, db_ih)
 //   reset-before:  d(rh) = da_n W_hn  (GEMM),  da_r = d(rh) h sigma'(r),  dh_prev += d(rh) r
 //                  dG = [da_r | da_z | da_n]       -> dh_prev += dG_rz W_h[rz]      (second GEMM)
-// After the loop, each thread multiplies its chunk's dG (all steps stacked, chunk-major) in a few big
-// products, and the per-chunk weight gradients are summed into chunk 0's at the end. The weight gradients
-// go through small_gemm_tn (register tiles over the whole K = T * rows; MKL ran these transposed shapes at
-// ~70% of this core's peak); dG's rows are padded to whole vectors (ldg) for it:
+// After the loop, each thread multiplies its chunk's dG (all steps stacked, chunk-major, rows of padded
+// gate blocks, see gru_cpu.h) in a few big products, and the per-chunk weight gradients are summed into
+// chunk 0's at the end. The weight gradients go through small_gemm_tn (register tiles over the whole
+// K = T * rows, stored by rows; MKL ran these transposed shapes at ~70% of this core's peak):
 //   dx = dG_x W_ih,  dW_ih = dG_x^T x,  db_ih = sum dG_x,
 //   reset-after:  dW_hh = dG_h^T hprev,  db_hh = sum dG_h
 //   reset-before: dW_h[rz] = dG_rz^T hprev,  dW_hn = da_n^T (r h)
@@ -28,7 +28,7 @@ struct Bwd {
   int64_t T, B, I, H, Hp;     // buffers in the padded gate layout (gru_cpu.h): rows of Hp, gate rows of 3 Hp
   const StepMatrix<S>* W_h;   // reset-after (3Hp, Hp) = W_hh; reset-before (2Hp, Hp) = W_h[rz]; padded
   const StepMatrix<S>* W_hn;  // reset-before (Hp, Hp) = W_hn, padded
-  const S* w_ih_p;            // (3Hp, I): W_ih with padded gate blocks (dx)
+  const S* w_ih;              // (3H, I)
   const int64_t* len;         // (B,) or nullptr
   bool reverse, reset_after, has_b_ih, has_b_hh, need_dx, need_dh0, need_weights;
   const S* dout;              // (T, B, H) with strides (dsT, dsB, 1), or nullptr: no gradient reached the outputs
@@ -124,13 +124,11 @@ struct Bwd {
     if (need_dh_prev) W_h->mul(nb, dG_t, H3, dh_c, Hp, true);  // dh_prev += [da_r | da_z] W_h[rz]
   }
 
-  // out (G * H, M) = dG[:, blocks]^T A over `rows` rows: small_gemm_tn, or BLAS into a padded temporary
+  // out (G * H, M) = dG[:, blocks]^T A over `rows` rows: small_gemm_tn, or BLAS gate block by gate block
   void weight_grad(bool tn, int64_t G, int64_t M, int64_t rows, const S* A, int64_t lda, const S* dGb, S* out) const {
     if (tn) return small_gemm_tn<S>(M, rows, A, lda, dGb, 3 * Hp, G, Hp, H, out, M);
-    std::vector<S> tmp(G * Hp * M);
-    gemm<S>(true, false, G * Hp, M, rows, S(1), dGb, 3 * Hp, A, lda, S(0), tmp.data(), M);
     for (int64_t g = 0; g < G; ++g)
-      std::copy(tmp.data() + g * Hp * M, tmp.data() + (g * Hp + H) * M, out + g * H * M);
+      gemm<S>(true, false, H, M, rows, S(1), dGb + g * Hp, 3 * Hp, A, lda, S(0), out + g * H * M, M);
   }
 
   // the chunk's weight, bias and input gradients: big GEMMs over its T * nb rows
@@ -153,8 +151,7 @@ struct Bwd {
       } else {
         weight_grad(tn, 2, H, nrows, hp, Hp, dGr, dwh);  // dW_h[rz] = dG_rz^T hprev
         // dW_hn = da_n^T (r h): one block
-        if (tn) small_gemm_tn<S>(H, rows, aux + base * Hp, Hp, dGc + 2 * Hp, H3, 1, Hp, H, dwh + 2 * H * H, H);
-        else gemm<S>(true, false, H, H, rows, S(1), dGc + 2 * Hp, H3, aux + base * Hp, Hp, S(0), dwh + 2 * H * H, H);
+        weight_grad(tn, 1, H, rows, aux + base * Hp, Hp, dGc + 2 * Hp, dwh + 2 * H * H);
       }
     }
     if (reset_after)  // dG_h -> dG_x: the n block becomes da_n
@@ -174,7 +171,8 @@ struct Bwd {
     }
     if (need_dx) {
       S* dxc = dx_scratch + base * I;
-      gemm<S>(false, false, rows, I, H3, S(1), dGc, H3, w_ih_p, I, S(0), dxc, I);  // dx = dG_x W_ih
+      for (int64_t g = 0; g < 3; ++g)  // dx = dG_x W_ih, gate block by gate block
+        gemm<S>(false, false, rows, I, H, S(1), dGc + g * Hp, H3, w_ih + g * H * I, I, g > 0 ? S(1) : S(0), dxc, I);
       for (int64_t t = 0; t < T; ++t) std::copy(dxc + t * nb * I, dxc + (t + 1) * nb * I, dx + (t * B + b0) * I);
     }
   }
@@ -251,10 +249,8 @@ std::vector<at::Tensor> gru_backward(const c10::optional<at::Tensor>& dout_in, c
       if (dh_in.defined()) std::copy(dh_in.data_ptr<S>() + b * H, dh_in.data_ptr<S>() + (b + 1) * H, d + b * Hp);
       std::fill(d + b * Hp + (dh_in.defined() ? H : 0), d + (b + 1) * Hp, S(0));
     }
-    std::vector<S> w_ih_p;
-    if (need_dx) w_ih_p = pad_rows(w_ih.data_ptr<S>(), I, 3, H, I, I, Hp);
     auto ptr = [](const at::Tensor& t) { return t.defined() ? t.data_ptr<S>() : nullptr; };
-    Bwd<S> bw{T, B, I, H, Hp, &W_h, &W_hn, w_ih_p.data(), len.defined() ? len.data_ptr<int64_t>() : nullptr,
+    Bwd<S> bw{T, B, I, H, Hp, &W_h, &W_hn, w_ih.data_ptr<S>(), len.defined() ? len.data_ptr<int64_t>() : nullptr,
               reverse, reset_after, has_b_ih, has_b_hh && reset_after, need_dx, need_dh0, need_weights,
               ptr(dout), dout.defined() ? dout.stride(0) : 0, dout.defined() ? dout.stride(1) : 0,
               ptr(xs), ptr(gates), ptr(aux), ptr(hprev), ptr(dG), ptr(da_n), ptr(dh),
