@@ -5,8 +5,9 @@ that carries a hash of the C++ sources, the flags, the torch version and the CPU
 or a different machine builds afresh instead of loading a stale library. The first build takes about a
 minute (torch's headers dominate); later loads take well under a second.
 
-Flags: ``-O3 -march=native -ffast-math -fopenmp`` so that the ``#pragma omp simd`` gate loops call
-glibc's vector expf/tanhf (DESIGN.md section 5), and so that ATen's at::parallel_for (an inline
+Flags: ``-O3 -march=native -ffast-math -fopenmp`` so that the ``#pragma omp simd`` gate loops are
+vectorised (float32 with an inline exp, float64 with glibc's vector exp/tanh; DESIGN.md section 5), the
+products use the CPU's widest vectors (AVX-512 here), and ATen's at::parallel_for (an inline
 ``#pragma omp parallel`` in the headers) really runs threads. The library needs libgomp.so.1, the soname
 of the libgomp torch ships and has already loaded, so the process keeps a single OpenMP runtime.
 """
