@@ -159,6 +159,23 @@ inline void tile(int64_t K, int64_t seg, int64_t stride, const S* A, int64_t lda
     }
 }
 
+// f(R, NV) with a tile's shape as compile-time constants: R rows in [1, 5], NV vectors in [1, 3]
+template <typename F>
+inline void with_tile_shape(int64_t rows, int64_t nv, const F& f) {
+  auto with_nv = [&](auto r) {
+    if (nv == 3) f(r, std::integral_constant<int, 3>{});
+    else if (nv == 2) f(r, std::integral_constant<int, 2>{});
+    else f(r, std::integral_constant<int, 1>{});
+  };
+  switch (rows) {
+    case 5: with_nv(std::integral_constant<int, 5>{}); break;
+    case 4: with_nv(std::integral_constant<int, 4>{}); break;
+    case 3: with_nv(std::integral_constant<int, 3>{}); break;
+    case 2: with_nv(std::integral_constant<int, 2>{}); break;
+    default: with_nv(std::integral_constant<int, 1>{}); break;
+  }
+}
+
 }  // namespace detail
 
 // C (M, N) = A (M, K) @ B (+ C when accumulate) (+ bias (N,) on every row, when given: it must hold
@@ -179,19 +196,10 @@ void small_gemm(int64_t M, const S* A, int64_t lda, const PackedB<S>& B, S* C, i
       S* c = C + i0 * ldc + j0;
       const S* bj = bias ? bias + j0 : nullptr;
       // full-height tiles use all MR rows; the last rows run a smaller instantiation
-      auto run = [&](auto mr) {
-        constexpr int R = decltype(mr)::value;
-        if (nv == 3) detail::tile<S, R, 3>(K, seg, stride, a, lda, b, Np, c, ldc, cols, accumulate, rows, bj);
-        else if (nv == 2) detail::tile<S, R, 2>(K, seg, stride, a, lda, b, Np, c, ldc, cols, accumulate, rows, bj);
-        else detail::tile<S, R, 1>(K, seg, stride, a, lda, b, Np, c, ldc, cols, accumulate, rows, bj);
-      };
-      switch (rows) {
-        case 5: run(std::integral_constant<int, 5>{}); break;
-        case 4: run(std::integral_constant<int, 4>{}); break;
-        case 3: run(std::integral_constant<int, 3>{}); break;
-        case 2: run(std::integral_constant<int, 2>{}); break;
-        default: run(std::integral_constant<int, 1>{}); break;
-      }
+      detail::with_tile_shape(rows, nv, [&](auto r, auto v) {
+        detail::tile<S, decltype(r)::value, decltype(v)::value>(K, seg, stride, a, lda, b, Np, c, ldc, cols, accumulate,
+                                                               rows, bj);
+      });
     }
   }
 }
@@ -265,19 +273,9 @@ void small_gemm_tn(int64_t M, int64_t K, const S* A, int64_t lda, const S* D, in
           const S* a = A + k0 * lda + i0;
           const S* d = D + k0 * ldd + g * seg + u0;
           S* o = out + (g * valid + u0) * ldo + i0;
-          auto run = [&](auto mr) {
-            constexpr int R = decltype(mr)::value;
-            if (nv == 3) detail::tile_tn<S, R, 3>(nk, a, lda, d, ldd, o, ldo, cols, accumulate);
-            else if (nv == 2) detail::tile_tn<S, R, 2>(nk, a, lda, d, ldd, o, ldo, cols, accumulate);
-            else detail::tile_tn<S, R, 1>(nk, a, lda, d, ldd, o, ldo, cols, accumulate);
-          };
-          switch (rows) {
-            case 5: run(std::integral_constant<int, 5>{}); break;
-            case 4: run(std::integral_constant<int, 4>{}); break;
-            case 3: run(std::integral_constant<int, 3>{}); break;
-            case 2: run(std::integral_constant<int, 2>{}); break;
-            default: run(std::integral_constant<int, 1>{}); break;
-          }
+          detail::with_tile_shape(rows, nv, [&](auto r, auto v) {
+            detail::tile_tn<S, decltype(r)::value, decltype(v)::value>(nk, a, lda, d, ldd, o, ldo, cols, accumulate);
+          });
         }
     }
   }
