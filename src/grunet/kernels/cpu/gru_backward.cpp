@@ -235,22 +235,11 @@ std::vector<at::Tensor> gru_backward(const c10::optional<at::Tensor>& dout_in, c
   AT_DISPATCH_FLOATING_TYPES(hprev.scalar_type(), "grunet_gru_backward", [&] {
     using S = scalar_t;
     TORCH_CHECK(Hp == padded_units<S>(H), "grunet: saved tensors of another layout");
-    StepMatrix<S> W_h, W_hn;
     const S* wh = w_hh.data_ptr<S>();
-    // K runs over dG's padded gate blocks: the packed products skip the padding (segments of H in Hp)
-    if (reset_after) {
-      W_h.init_rows(wh, H, 3, H, Hp);
-    } else {
-      W_h.init_rows(wh, H, 2, H, Hp);
-      W_hn.init_rows(wh + 2 * H * H, H, 1, H, Hp);
-    }
     S* d = dh.data_ptr<S>();
-    for (int64_t b = 0; b < B; ++b) {
-      if (dh_in.defined()) std::copy(dh_in.data_ptr<S>() + b * H, dh_in.data_ptr<S>() + (b + 1) * H, d + b * Hp);
-      std::fill(d + b * Hp + (dh_in.defined() ? H : 0), d + (b + 1) * Hp, S(0));
-    }
+    const S* d_in = dh_in.defined() ? dh_in.data_ptr<S>() : nullptr;
     auto ptr = [](const at::Tensor& t) { return t.defined() ? t.data_ptr<S>() : nullptr; };
-    Bwd<S> bw{T, B, I, H, Hp, &W_h, &W_hn, w_ih.data_ptr<S>(), len.defined() ? len.data_ptr<int64_t>() : nullptr,
+    Bwd<S> bw0{T, B, I, H, Hp, nullptr, nullptr, w_ih.data_ptr<S>(), len.defined() ? len.data_ptr<int64_t>() : nullptr,
               reverse, reset_after, has_b_ih, has_b_hh && reset_after, need_dx, need_dh0, need_weights,
               ptr(dout), dout.defined() ? dout.stride(0) : 0, dout.defined() ? dout.stride(1) : 0,
               ptr(xs), ptr(gates), ptr(aux), ptr(hprev), ptr(dG), ptr(da_n), ptr(dh),
@@ -259,6 +248,21 @@ std::vector<at::Tensor> gru_backward(const c10::optional<at::Tensor>& dout_in, c
       constexpr int ACT = decltype(act)::value;
       for_batch_chunks(ch, big_steps, [&](int64_t c, int64_t b0, int64_t b1) {
         const int64_t nb = b1 - b0;
+        for (int64_t b = b0; b < b1; ++b) {  // dh_n, zero-padded, for this chunk's rows
+          if (d_in) std::copy(d_in + b * H, d_in + (b + 1) * H, d + b * Hp);
+          std::fill(d + b * Hp + (d_in ? H : 0), d + (b + 1) * Hp, S(0));
+        }
+        // each thread packs the weights it multiplies by (see gru_forward); K runs over dG's padded gate
+        // blocks, whose padding the packed products skip (segments of H in Hp)
+        StepMatrix<S> W_h, W_hn;
+        if (reset_after) {
+          W_h.init_rows(wh, H, 3, H, Hp);
+        } else {
+          W_h.init_rows(wh, H, 2, H, Hp);
+          W_hn.init_rows(wh + 2 * H * H, H, 1, H, Hp);
+        }
+        Bwd<S> bw = bw0;
+        bw.W_h = &W_h, bw.W_hn = &W_hn;
         if (nb == 0) {
           if (need_weights) {
             auto zero = [&](const at::Tensor& p) { if (p.defined()) p[c].zero_(); };

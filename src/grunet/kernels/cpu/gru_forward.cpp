@@ -328,20 +328,14 @@ std::vector<at::Tensor> gru_forward(const at::Tensor& x_in, const at::Tensor& h0
     const S* wh = w_hh.data_ptr<S>();
     const S* h0p = h_n.data_ptr<S>();
     const bool h0_zero = std::all_of(h0p, h0p + B * H, [](S v) { return v == S(0); });  // step 0: no W_hh h
-    StepMatrix<S> W_x, W_h, W_hn;
-    W_x.init_transposed(wi, I, 3, H, I, Hp);
     std::vector<S> bias_h;
     if (reset_after) {
-      W_h.init_transposed(wh, H, 3, H, H, Hp);
       bias_h.assign(3 * Hp, S(0));
       std::copy(b_hn.begin(), b_hn.end(), bias_h.data() + 2 * Hp);
-    } else {
-      W_h.init_transposed(wh, H, 2, H, H, Hp);
-      W_hn.init_transposed(wh + 2 * H * H, H, 1, H, H, Hp);
     }
     const std::vector<S> bias_x = pad_gates(bias_g.data(), 3, H, Hp);
     auto ptr = [](at::Tensor& t) { return t.defined() ? t.data_ptr<S>() : nullptr; };
-    Fwd<S> f{T, B, I, H, Hp, x.data_ptr<S>(), x.stride(0), x.stride(1), &W_x, &W_h, &W_hn, bias_x.data(),
+    Fwd<S> f{T, B, I, H, Hp, x.data_ptr<S>(), x.stride(0), x.stride(1), nullptr, nullptr, nullptr, bias_x.data(),
              reset_after ? bias_h.data() : nullptr, len.defined() ? len.data_ptr<int64_t>() : nullptr, reverse,
              training, h0_zero, out.data_ptr<S>(), h_n.data_ptr<S>(), ptr(xs), ptr(gates), ptr(aux), ptr(hprev),
              nullptr};
@@ -350,14 +344,26 @@ std::vector<at::Tensor> gru_forward(const at::Tensor& x_in, const at::Tensor& h0
     with_activation(activation, [&](auto act) {
       constexpr int ACT = decltype(act)::value;
       for_batch_chunks(ch, big_steps, [&](int64_t, int64_t b0, int64_t b1) {
+        // each thread packs the weights it multiplies by: no serial packing before the threads start, and
+        // the packed panels are in the cache of the core that reads them (~10% of a 2-thread forward)
+        StepMatrix<S> W_x, W_h, W_hn;
+        W_x.init_transposed(wi, I, 3, H, I, Hp);
+        if (reset_after) {
+          W_h.init_transposed(wh, H, 3, H, H, Hp);
+        } else {
+          W_h.init_transposed(wh, H, 2, H, H, Hp);
+          W_hn.init_transposed(wh + 2 * H * H, H, 1, H, H, Hp);
+        }
+        Fwd<S> fc = f;
+        fc.W_x = &W_x, fc.W_h = &W_h, fc.W_hn = &W_hn;
         // Inference: rows are independent and nothing is kept per step, so each thread runs the whole
         // sequence on blocks of kInferenceRows rows at a time: the block's G, W_hh h and h stay in L1/L2
         // instead of streaming a (rows, 8 Hp) scratch through L3 every step.
         const int64_t step = training ? std::max<int64_t>(b1 - b0, 1) : kInferenceRows;
         for (int64_t r0 = b0; r0 < b1; r0 += step) {
           const int64_t r1 = std::min(b1, r0 + step);
-          if (reset_after) f.template chunk<ACT, true>(r0, r1);
-          else f.template chunk<ACT, false>(r0, r1);
+          if (reset_after) fc.template chunk<ACT, true>(r0, r1);
+          else fc.template chunk<ACT, false>(r0, r1);
         }
       });
     });
