@@ -97,14 +97,21 @@ class GRU(nn.Module):
     def reset_parameters(self, init: Optional[str] = None) -> None:
         init_rnn_weights(self, self.hidden_size, init or self.init)
 
+    def layer_weight_names(self, k: int, suffix: str = "") -> tuple[str, str, Optional[str], Optional[str]]:
+        """Names of (w_ih, w_hh, b_ih, b_hh) of layer k and direction suffix (reset-before: b_ih is the one bias)."""
+        names = (f"weight_ih_l{k}{suffix}", f"weight_hh_l{k}{suffix}")
+        if not self.bias:
+            return names + (None, None)
+        if self.reset_after:
+            return names + (f"bias_ih_l{k}{suffix}", f"bias_hh_l{k}{suffix}")
+        return names + (f"bias_l{k}{suffix}", None)
+
     def layer_weights(self, k: int, suffix: str = "") -> tuple[Tensor, Tensor, Optional[Tensor], Optional[Tensor]]:
         """(w_ih, w_hh, b_ih, b_hh) of layer k and direction suffix; for reset-before b_ih is the one bias."""
-        w_ih, w_hh = getattr(self, f"weight_ih_l{k}{suffix}"), getattr(self, f"weight_hh_l{k}{suffix}")
-        if not self.bias:
-            return w_ih, w_hh, None, None
-        if self.reset_after:
-            return w_ih, w_hh, getattr(self, f"bias_ih_l{k}{suffix}"), getattr(self, f"bias_hh_l{k}{suffix}")
-        return w_ih, w_hh, getattr(self, f"bias_l{k}{suffix}"), None
+        params = self._parameters
+        # the registered parameter, or whatever stands under that name (a pruning hook sets plain tensors)
+        return tuple(None if n is None else (params[n] if n in params else getattr(self, n))
+                     for n in self.layer_weight_names(k, suffix))
 
     def extra_repr(self) -> str:
         s = f"{self.input_size}, {self.hidden_size}"

@@ -56,7 +56,7 @@ def gru_layer(
     reverse: bool = False,
 ) -> tuple[Tensor, Tensor]:
     """One GRU layer over x (T, B, I) from h0 (B, H) -> (output (T, B, H), h_n (B, H)); see module docstring."""
-    if x.dtype not in SUPPORTED_DTYPES or x.device.type != "cpu":
+    if x.dtype not in SUPPORTED_DTYPES or not x.is_cpu:
         from ...reference import gru_layer as reference_layer
 
         return reference_layer(x, h0, w_ih, w_hh, b_ih, b_hh, reset_after=reset_after,
@@ -70,10 +70,11 @@ def gru_layer(
         b_hh = None  # reset-before has one bias, passed as b_ih
     if lengths is not None:
         lengths = lengths.to(device="cpu", dtype=torch.int64)
-    tensors = (x, h0, w_ih, w_hh, b_ih, b_hh)
     ext = load()
     chunks = ext.batch_chunks(x.shape[1], h0.shape[1], get_threads())
-    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
+    if torch.is_grad_enabled() and (x.requires_grad or h0.requires_grad or w_ih.requires_grad or w_hh.requires_grad
+                                    or (b_ih is not None and b_ih.requires_grad)
+                                    or (b_hh is not None and b_hh.requires_grad)):
         # a C++ autograd function (gru_autograd.cpp): saves what backward needs, backward runs without Python
         out, h_n = ext.gru_autograd(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reset_after, act, reverse, chunks)
     else:
