@@ -196,10 +196,20 @@ void small_gemm(int64_t M, const S* A, int64_t lda, const PackedB<S>& B, S* C, i
       S* c = C + i0 * ldc + j0;
       const S* bj = bias ? bias + j0 : nullptr;
       // full-height tiles use all MR rows; the last rows run a smaller instantiation
-      detail::with_tile_shape(rows, nv, [&](auto r, auto v) {
-        detail::tile<S, decltype(r)::value, decltype(v)::value>(K, seg, stride, a, lda, b, Np, c, ldc, cols, accumulate,
-                                                               rows, bj);
-      });
+      // (spelled out rather than through with_tile_shape: the per-step product measured 2% slower that way)
+      auto run = [&](auto mr) {
+        constexpr int R = decltype(mr)::value;
+        if (nv == 3) detail::tile<S, R, 3>(K, seg, stride, a, lda, b, Np, c, ldc, cols, accumulate, rows, bj);
+        else if (nv == 2) detail::tile<S, R, 2>(K, seg, stride, a, lda, b, Np, c, ldc, cols, accumulate, rows, bj);
+        else detail::tile<S, R, 1>(K, seg, stride, a, lda, b, Np, c, ldc, cols, accumulate, rows, bj);
+      };
+      switch (rows) {
+        case 5: run(std::integral_constant<int, 5>{}); break;
+        case 4: run(std::integral_constant<int, 4>{}); break;
+        case 3: run(std::integral_constant<int, 3>{}); break;
+        case 2: run(std::integral_constant<int, 2>{}); break;
+        default: run(std::integral_constant<int, 1>{}); break;
+      }
     }
   }
 }
