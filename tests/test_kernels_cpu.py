@@ -162,6 +162,37 @@ def test_zero_initial_state(dtype, reset_after, reverse, h0_kind, threads):
         assert_close(a, b, TOL[dtype], name)
 
 
+@pytest.mark.parametrize("reset_after", [True, False])
+@pytest.mark.parametrize("frozen", [(0,), (2, 4), (3, 5), (1, 2, 3)])
+def test_gradients_of_a_subset_of_inputs(reset_after, frozen):
+    # the C++ autograd function maps autograd's edges (x, h0, w_ih, w_hh, then the biases given) to its
+    # outputs: frozen inputs get no gradient, the others the reference's
+    tensors, upstream = layer_inputs(6, 9, 4, 7, torch.float64, reset_after, True, seed=31)
+    kw = dict(reset_after=reset_after, activation_name="sigmoid", lengths=None, reverse=False)
+
+    def run(fn):
+        leaves = [None if t is None else t.clone().requires_grad_(i not in frozen) for i, t in enumerate(tensors)]
+        out, h_n = fn(*leaves, **kw)
+        ((out * upstream[0]).sum() + (h_n * upstream[1]).sum()).backward()
+        return [None if t is None else t.grad for t in leaves]
+
+    for i, (a, b) in enumerate(zip(run(reference_layer), run(cpu.gru_layer))):
+        if tensors[i] is None:
+            continue
+        if i in frozen:
+            assert a is None and b is None, NAMES[2 + i]
+        else:
+            assert_close(a, b, 1e-10, NAMES[2 + i])
+
+
+def test_double_backward_is_refused_with_a_clear_error():
+    tensors, upstream = layer_inputs(3, 2, 2, 3, torch.float64, True, True, seed=1)
+    leaves = [t.clone().requires_grad_() for t in tensors]
+    out, h_n = cpu.gru_layer(*leaves, reset_after=True, activation_name="sigmoid", lengths=None, reverse=False)
+    with pytest.raises(RuntimeError, match="not itself differentiable"):
+        torch.autograd.grad(h_n.sum(), leaves[2], create_graph=True)
+
+
 POISON_SCRIPT = """
 import itertools, sys, torch
 sys.path.insert(0, sys.argv[1])
