@@ -37,7 +37,7 @@ struct Bwd {
   const S* gates;             // chunk-major (T*B, 3Hp) r | z | n
   const S* aux;               // chunk-major (T*B, Hp): a (reset-after) or rh (reset-before)
   const S* hprev;             // chunk-major (T*B, Hp)
-  S* dG;                      // chunk-major (T*B, 3Hp): reset-after dG_h, then dG_x; reset-before dG
+  S* dG;                      // chunk-major (T*B, 3Hp): reset-after dG_h (dG_x: n block da_n); reset-before dG
   S* da_n;                    // chunk-major (T*B, Hp): reset-after only
   S* dh;                      // (B, Hp): in dh_n, out dh0
   S* drh;                     // (B, Hp) scratch, reset-before
@@ -124,11 +124,13 @@ struct Bwd {
     if (need_dh_prev) W_h->mul(nb, dG_t, H3, dh_c, Hp, true);  // dh_prev += [da_r | da_z] W_h[rz]
   }
 
-  // out (G * H, M) = dG[:, blocks]^T A over `rows` rows: small_gemm_tn, or BLAS gate block by gate block
-  void weight_grad(bool tn, int64_t G, int64_t M, int64_t rows, const S* A, int64_t lda, const S* dGb, S* out) const {
-    if (tn) return small_gemm_tn<S>(M, rows, A, lda, dGb, 3 * Hp, G, Hp, H, out, M);
+  // out (G * H, M) = D[:, blocks]^T A over `rows` rows, D's G gate blocks Hp apart in rows of ldd:
+  // small_gemm_tn, or BLAS gate block by gate block
+  void weight_grad(bool tn, int64_t G, int64_t M, int64_t rows, const S* A, int64_t lda, const S* D, int64_t ldd,
+                   S* out) const {
+    if (tn) return small_gemm_tn<S>(M, rows, A, lda, D, ldd, G, Hp, H, out, M);
     for (int64_t g = 0; g < G; ++g)
-      gemm<S>(true, false, H, M, rows, S(1), dGb + g * Hp, 3 * Hp, A, lda, S(0), out + g * H * M, M);
+      gemm<S>(true, false, H, M, rows, S(1), D + g * Hp, ldd, A, lda, S(0), out + g * H * M, M);
   }
 
   // the chunk's weight, bias and input gradients: big GEMMs over its T * nb rows
@@ -146,33 +148,36 @@ struct Bwd {
       const S* dGr = dGc + r0 * H3;
       S* dwh = dw_hh + c * 3 * H * H;
       if (reset_after) {
-        weight_grad(tn, 3, H, nrows, hp, Hp, dGr, dwh);  // dW_hh = dG_h^T hprev
+        weight_grad(tn, 3, H, nrows, hp, Hp, dGr, H3, dwh);  // dW_hh = dG_h^T hprev
         if (has_b_hh) gate_column_sums(dGc, rows, H3, 3, H, Hp, db_hh + c * 3 * H);
       } else {
-        weight_grad(tn, 2, H, nrows, hp, Hp, dGr, dwh);  // dW_h[rz] = dG_rz^T hprev
+        weight_grad(tn, 2, H, nrows, hp, Hp, dGr, H3, dwh);  // dW_h[rz] = dG_rz^T hprev
         // dW_hn = da_n^T (r h): one block
-        weight_grad(tn, 1, H, rows, aux + base * Hp, Hp, dGc + 2 * Hp, dwh + 2 * H * H);
+        weight_grad(tn, 1, H, rows, aux + base * Hp, Hp, dGc + 2 * Hp, H3, dwh + 2 * H * H);
       }
     }
-    if (reset_after)  // dG_h -> dG_x: the n block becomes da_n
-      for (int64_t r = 0; r < rows; ++r)
-        std::copy(da_n + (base + r) * Hp, da_n + (base + r + 1) * Hp, dGc + r * H3 + 2 * Hp);
+    // dG_x = [da_r | da_z | da_n]: dG's r and z blocks and, for reset-after, da_n's rows as the n block
+    // (read where they are rather than copied over dG_h's n block)
+    const S* dGn = reset_after ? da_n + base * Hp : dGc + 2 * Hp;
+    const int64_t ldn = reset_after ? Hp : H3;
     if (need_weights) {
-      weight_grad(tn, 3, I, rows, xs + base * I, I, dGc, dw_ih + c * 3 * H * I);  // dW_ih = dG_x^T x
+      S* dwi = dw_ih + c * 3 * H * I;
+      weight_grad(tn, 2, I, rows, xs + base * I, I, dGc, H3, dwi);  // dW_ih = dG_x^T x: r, z blocks
+      weight_grad(tn, 1, I, rows, xs + base * I, I, dGn, ldn, dwi + 2 * H * I);  // n block
       if (has_b_ih) {
         S* dbi = db_ih + c * 3 * H;
-        if (reset_after && has_b_hh) {  // dG_x and dG_h differ only in the n block
+        if (reset_after && has_b_hh)  // dG_x and dG_h differ only in the n block
           std::copy(db_hh + c * 3 * H, db_hh + c * 3 * H + 2 * H, dbi);
-          gate_column_sums(dGc + 2 * Hp, rows, H3, 1, H, Hp, dbi + 2 * H);
-        } else {
-          gate_column_sums(dGc, rows, H3, 3, H, Hp, dbi);
-        }
+        else
+          gate_column_sums(dGc, rows, H3, 2, H, Hp, dbi);
+        gate_column_sums(dGn, rows, ldn, 1, H, Hp, dbi + 2 * H);
       }
     }
     if (need_dx) {
       S* dxc = dx_scratch + base * I;
       for (int64_t g = 0; g < 3; ++g)  // dx = dG_x W_ih, gate block by gate block
-        gemm<S>(false, false, rows, I, H, S(1), dGc + g * Hp, H3, w_ih + g * H * I, I, g > 0 ? S(1) : S(0), dxc, I);
+        gemm<S>(false, false, rows, I, H, S(1), g < 2 ? dGc + g * Hp : dGn, g < 2 ? H3 : ldn, w_ih + g * H * I, I,
+                g > 0 ? S(1) : S(0), dxc, I);
       for (int64_t t = 0; t < T; ++t) std::copy(dxc + t * nb * I, dxc + (t + 1) * nb * I, dx + (t * B + b0) * I);
     }
   }

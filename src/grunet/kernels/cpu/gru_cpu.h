@@ -291,17 +291,26 @@ class BufferPool {
   }
 };
 
-// Column sums of a (rows, G * Hp) row-major matrix of padded gate blocks into out (G * H,), accumulated
-// in double: a bias gradient sums T*B terms, and float accumulation would lose ~1e-5 of it.
+// Column sums of a (rows, G * Hp) row-major matrix of padded gate blocks into out (G * H,). A bias
+// gradient sums T*B terms, and float accumulation over all of them would lose ~1e-5; blocks of 16 rows
+// are summed in S and the block sums in double (a conversion per value cost ~4% of the backward).
 template <typename S>
 inline void gate_column_sums(const S* a, int64_t rows, int64_t lda, int64_t G, int64_t H, int64_t Hp, S* out) {
+  constexpr int64_t kBlock = 16;
   const int64_t cols = G * Hp;
   std::vector<double> acc(cols, 0.0);
+  std::vector<S> part(cols);
   double* __restrict s = acc.data();
-  for (int64_t i = 0; i < rows; ++i) {
-    const S* __restrict r = a + i * lda;
+  S* __restrict p = part.data();
+  for (int64_t i0 = 0; i0 < rows; i0 += kBlock) {
+    std::fill(p, p + cols, S(0));
+    for (int64_t i = i0; i < std::min(rows, i0 + kBlock); ++i) {
+      const S* __restrict r = a + i * lda;
 #pragma omp simd
-    for (int64_t j = 0; j < cols; ++j) s[j] += (double)r[j];
+      for (int64_t j = 0; j < cols; ++j) p[j] += r[j];
+    }
+#pragma omp simd
+    for (int64_t j = 0; j < cols; ++j) s[j] += (double)p[j];
   }
   for (int64_t g = 0; g < G; ++g)
     for (int64_t u = 0; u < H; ++u) out[g * H + u] = (S)s[g * Hp + u];
