@@ -263,7 +263,6 @@ class BufferPool {
     static const bool p = std::getenv("GRUNET_POISON_BUFFERS") != nullptr;
     return p;
   }
-  static at::Tensor zeros(at::IntArrayRef sizes, const at::TensorOptions& opt) { return take(sizes, opt).zero_(); }
 
  private:
   static at::Tensor poisoned(at::Tensor t) {

@@ -111,10 +111,13 @@ inline void store_partial(S* c, const typename Vec<S>::type& v, int n, bool accu
   for (int j = 0; j < n; ++j) c[j] = accumulate ? c[j] + v[j] : v[j];
 }
 
-// One MR x (NV * W) tile of C = A @ B (+ C if accumulate); `cols` <= NV * W valid columns of C.
-template <typename S, int MR, int NV>
-inline void tile(int64_t K, int64_t seg, int64_t stride, const S* A, int64_t lda, const S* Bp, int64_t ldb, S* C,
-                 int64_t ldc, int64_t cols, bool accumulate, int64_t rows, const S* bias) {
+// One MR x (NV * W) tile of C = P Q (+ C if accumulate); `cols` <= NV * W valid columns of C. Element
+// (i, k) of P is broadcast: P_T = false, P (M, K) row-major, P[i * ldp + k] (the per-step products, with
+// K in segments, see PackedB); P_T = true, P (K, M) row-major, P[k * ldp + i] (the weight gradients' D^T).
+// Row k of Q is read as NV vectors. (P_T is a template argument so that both strides stay compile-time.)
+template <typename S, int MR, int NV, bool P_T>
+inline void tile(int64_t K, int64_t seg, int64_t stride, const S* P, int64_t ldp, const S* Q, int64_t ldq, S* C,
+                 int64_t ldc, int64_t cols, bool accumulate, const S* bias) {
   using V = typename Vec<S>::type;
   using VU = typename Vec<S>::type_u;
   constexpr int W = Vec<S>::kWidth;
@@ -123,22 +126,22 @@ inline void tile(int64_t K, int64_t seg, int64_t stride, const S* A, int64_t lda
   for (int i = 0; i < MR; ++i)
 #pragma GCC unroll 16
     for (int v = 0; v < NV; ++v) acc[i][v] = bias ? V(*reinterpret_cast<const VU*>(bias + v * W)) : V{};
-  for (int64_t k0 = 0, a0 = 0; k0 < K; k0 += seg, a0 += stride) {  // B's rows k0.., A's columns a0..
-    const S* Bs = Bp + k0 * ldb;
-    const S* As = A + a0;
+  for (int64_t k0 = 0, a0 = 0; k0 < K; k0 += seg, a0 += stride) {  // Q's rows k0.., P's k index a0..
+    const S* Qs = Q + k0 * ldq;
+    const S* Ps = P + (P_T ? a0 * ldp : a0);
     for (int64_t k = 0; k < seg; ++k) {
-      V b[NV];
+      V q[NV];
 #pragma GCC unroll 16
-      for (int v = 0; v < NV; ++v) b[v] = *reinterpret_cast<const V*>(Bs + k * ldb + v * W);
+      for (int v = 0; v < NV; ++v) q[v] = *reinterpret_cast<const VU*>(Qs + k * ldq + v * W);
 #pragma GCC unroll 16
       for (int i = 0; i < MR; ++i) {
-        const S a = As[i * lda + k];
+        const S p = P_T ? Ps[k * ldp + i] : Ps[i * ldp + k];
 #pragma GCC unroll 16
-        for (int v = 0; v < NV; ++v) acc[i][v] += a * b[v];
+        for (int v = 0; v < NV; ++v) acc[i][v] += p * q[v];
       }
     }
   }
-  if (rows == MR && cols == NV * W) {
+  if (cols == NV * W) {
 #pragma GCC unroll 16
     for (int i = 0; i < MR; ++i)
 #pragma GCC unroll 16
@@ -148,7 +151,7 @@ inline void tile(int64_t K, int64_t seg, int64_t stride, const S* A, int64_t lda
       }
     return;
   }
-  for (int i = 0; i < rows; ++i)  // edge tile: whole vectors, then the valid part of the last one
+  for (int i = 0; i < MR; ++i)  // edge tile: whole vectors, then the valid part of the last one
 #pragma GCC unroll 16
     for (int v = 0; v < NV; ++v) {
       const int64_t n = std::min<int64_t>(W, cols - v * W);
@@ -158,6 +161,7 @@ inline void tile(int64_t K, int64_t seg, int64_t stride, const S* A, int64_t lda
       else store_partial<S>(C + i * ldc + v * W, acc[i][v], (int)n, accumulate);
     }
 }
+
 
 // f(R, NV) with a tile's shape as compile-time constants: R rows in [1, 5], NV vectors in [1, 3]
 template <typename F>
@@ -199,9 +203,9 @@ void small_gemm(int64_t M, const S* A, int64_t lda, const PackedB<S>& B, S* C, i
       // (spelled out rather than through with_tile_shape: the per-step product measured 2% slower that way)
       auto run = [&](auto mr) {
         constexpr int R = decltype(mr)::value;
-        if (nv == 3) detail::tile<S, R, 3>(K, seg, stride, a, lda, b, Np, c, ldc, cols, accumulate, rows, bj);
-        else if (nv == 2) detail::tile<S, R, 2>(K, seg, stride, a, lda, b, Np, c, ldc, cols, accumulate, rows, bj);
-        else detail::tile<S, R, 1>(K, seg, stride, a, lda, b, Np, c, ldc, cols, accumulate, rows, bj);
+        if (nv == 3) detail::tile<S, R, 3, false>(K, seg, stride, a, lda, b, Np, c, ldc, cols, accumulate, bj);
+        else if (nv == 2) detail::tile<S, R, 2, false>(K, seg, stride, a, lda, b, Np, c, ldc, cols, accumulate, bj);
+        else detail::tile<S, R, 1, false>(K, seg, stride, a, lda, b, Np, c, ldc, cols, accumulate, bj);
       };
       switch (rows) {
         case 5: run(std::integral_constant<int, 5>{}); break;
@@ -221,47 +225,6 @@ void small_gemm(int64_t M, const S* A, int64_t lda, const PackedB<S>& B, S* C, i
 // with contiguous (masked at the edge) vector stores into out's rows.
 // D's columns come in `blocks` gate blocks `seg` apart of which the first `valid` are real: block g's
 // column g * seg + u is out's row g * valid + u, and the padding columns are never computed.
-namespace detail {
-
-template <typename S, int MR, int NV>
-inline void tile_tn(int64_t K, const S* A, int64_t lda, const S* D, int64_t ldd, S* out, int64_t ldo, int64_t cols,
-                    bool accumulate) {
-  using V = typename Vec<S>::type;
-  using VU = typename Vec<S>::type_u;
-  constexpr int W = Vec<S>::kWidth;
-  V acc[MR][NV];
-#pragma GCC unroll 16
-  for (int r = 0; r < MR; ++r)
-#pragma GCC unroll 16
-    for (int v = 0; v < NV; ++v) acc[r][v] = V{};
-  for (int64_t k = 0; k < K; ++k) {
-    V a[NV];
-#pragma GCC unroll 16
-    for (int v = 0; v < NV; ++v) a[v] = *reinterpret_cast<const VU*>(A + k * lda + v * W);
-#pragma GCC unroll 16
-    for (int r = 0; r < MR; ++r) {
-      const S d = D[k * ldd + r];
-#pragma GCC unroll 16
-      for (int v = 0; v < NV; ++v) acc[r][v] += d * a[v];
-    }
-  }
-#pragma GCC unroll 16
-  for (int r = 0; r < MR; ++r)
-#pragma GCC unroll 16
-    for (int v = 0; v < NV; ++v) {
-      const int64_t n = std::min<int64_t>(W, cols - v * W);
-      if (n <= 0) break;
-      S* o = out + r * ldo + v * W;
-      if (n == W) {
-        VU* c = reinterpret_cast<VU*>(o);
-        *c = accumulate ? *c + acc[r][v] : acc[r][v];
-      } else {
-        store_partial<S>(o, acc[r][v], (int)n, accumulate);
-      }
-    }
-}
-
-}  // namespace detail
 
 // K is walked in blocks of at most kBlockTN rows (later blocks add to out) so that a block of A stays in L2.
 constexpr int64_t kBlockTN = 768;
@@ -284,7 +247,9 @@ void small_gemm_tn(int64_t M, int64_t K, const S* A, int64_t lda, const S* D, in
           const S* d = D + k0 * ldd + g * seg + u0;
           S* o = out + (g * valid + u0) * ldo + i0;
           detail::with_tile_shape(rows, nv, [&](auto r, auto v) {
-            detail::tile_tn<S, decltype(r)::value, decltype(v)::value>(nk, a, lda, d, ldd, o, ldo, cols, accumulate);
+            // out's rows are D's columns (broadcast), its columns A's (vectors)
+            detail::tile<S, decltype(r)::value, decltype(v)::value, true>(nk, nk, nk, d, ldd, a, lda, o, ldo, cols,
+                                                                          accumulate, nullptr);
           });
         }
     }
