@@ -4,8 +4,8 @@ Same function as grunet.reference.gru_layer (the equations are there and beside 
 ``gru_layer(x (T,B,I), h0 (B,H), w_ih (3H,I), w_hh (3H,H), b_ih, b_hh, *, reset_after, activation_name,
 lengths, reverse) -> (out (T,B,H), h_n (B,H))``, float32 and float64; other dtypes use the reference loop.
 
-How it is fast (DESIGN.md section 5): one GEMM x W_ih^T for all time steps before the loop; per step one
-(B,H)x(H,3H) GEMM and one vectorised pass over the gates (reset-before: a second GEMM for W_hn (r*h));
+How it is fast (DESIGN.md section 5): per step a product x_t W_ih^T, one (B,H)x(H,3H) GEMM and one
+vectorised pass over the gates (reset-before: a second GEMM for W_hn (r*h));
 backward walks time in reverse with one GEMM per step for dh (two for reset-before), and computes dx,
 dW_ih, dW_hh and the bias gradients with a few big products after the loop. Threads split the batch.
 The autograd function is C++ (gru_autograd.cpp), so the backward runs without entering Python. An output

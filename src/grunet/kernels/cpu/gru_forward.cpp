@@ -1,8 +1,8 @@
 // grunet fused CPU GRU, forward over the whole sequence (one layer, one direction).
 //
-// Symbols as in grunet.reference; x_t (B, I), h (B, H); G = x W_ih^T (+ bias) for all steps at once:
-//   reset-after:   r  = sigma(G_r + b_hr + W_hr h)            [b_hr folded into G before the loop]
-//                  z  = sigma(G_z + b_hz + W_hz h)            [b_hz folded into G before the loop]
+// Symbols as in grunet.reference; x_t (B, I), h (B, H); G = x_t W_ih^T (+ bias), step by step:
+//   reset-after:   r  = sigma(G_r + b_hr + W_hr h)            [b_hr folded into G's bias]
+//                  z  = sigma(G_z + b_hz + W_hz h)            [b_hz folded into G's bias]
 //                  a  = W_hn h + b_hn                          (kept for backward: dr needs it)
 //                  n  = tanh(G_n + r * a)
 //   reset-before:  r  = sigma(G_r + W_hr h),  z = sigma(G_z + W_hz h)      [b = b_ih folded into G]
@@ -12,12 +12,11 @@
 // With lengths, rows with t >= lengths[b] keep h and output 0.
 //
 // Threads split the batch into chunks (gru_cpu.h); each runs the whole sequence on its rows.
-// Per step: one (rows, H) x (H, 3H) GEMM (reset-before: (H, 2H), then (H, H) on r*h), then one fused
-// vectorised pass per row. Training keeps, chunk-major (see Chunking): xs = a copy of x, gates = r | z | n
-// written over G (G = xs W_ih^T for all steps of the chunk: one small_gemm with the packed W_ih^T before
-// the loop), aux = a (reset-after) or rh (reset-before), hprev = the h fed into each step. Inference
-// keeps none of them: G is computed step by step into a (rows, 3H) scratch and h is updated in place
-// (h' at (b, j) only reads h at (b, j) once the GEMM has consumed h).
+// Per step: G = x_t W_ih^T, one (rows, H) x (H, 3H) GEMM (reset-before: (H, 2H), then (H, H) on r*h), then
+// one fused vectorised pass per row. Training keeps, chunk-major (see Chunking): xs = a copy of x, gates =
+// r | z | n written over G, aux = a (reset-after) or rh (reset-before), hprev = the h fed into each step.
+// Inference keeps none of them: G goes to a (rows, 3H) scratch and h is updated in place (h' at (b, j)
+// only reads h at (b, j) once the GEMM has consumed h).
 #include "gru_cpu.h"
 
 namespace grunet {
@@ -69,15 +68,16 @@ struct Fwd {
       for (int64_t t = 0; t < T; ++t)  // chunk-major copy of x for the GEMMs (here and in backward)
         for (int64_t b = b0; b < b1; ++b)
           std::copy(x + t * sT + b * sB, x + t * sT + b * sB + I, xs + (base + t * nb + b - b0) * I);
-      // G = xs W_ih^T + bias for all steps of the chunk at once
-      W_x->mul(T * nb, xs + base * I, I, gates + base * H3, H3, false, bias_x);
     }
     for (int64_t s = 0; s < T; ++s) {
       const int64_t t = time_of(s), row = base + t * nb;
       const S* hp_all = training ? hprev + row * Hp : h_last;
       S* hn_all = training && s + 1 < T ? hprev + (base + time_of(s + 1) * nb) * Hp : h_last;
       S* g_all = training ? gates + row * H3 : G_inf;
-      if (!training) W_x->mul(nb, x + t * sT + b0 * sB, sB, G_inf, H3, false, bias_x);  // G for this step
+      // G for this step, just before the gate pass reads it (computed for all steps up front, the (T*rows, 3Hp)
+      // G went out to L3 before the pass read it back: the pass spent ~40% of its time waiting on memory)
+      if (training) W_x->mul(nb, xs + row * I, I, g_all, H3, false, bias_x);
+      else W_x->mul(nb, x + t * sT + b0 * sB, sB, G_inf, H3, false, bias_x);
       const int64_t hcols = RESET_AFTER ? H3 : 2 * Hp;
       if (s == 0 && h0_zero) {  // W_h 0 = 0: only the bias
         for (int64_t i = 0; i < nb; ++i)
