@@ -438,7 +438,21 @@ def test_bench_command_writes_results(tmp_path):
                  "--results", str(path)])
     assert code == 0
     text = path.read_text()
-    assert "train step B=50 T=28 I=28 H=75" in text and "fused vs torch" in text and "torch: " in text
+    assert "fused vs torch" in text and "torch: " in text
+    # one training-step row per Adam implementation (fused, as grunet train uses, then PyTorch's default)
+    rows = [line for line in text.splitlines() if line.startswith("| train step B=50 T=28 I=28 H=75")]
+    assert [r.split("|")[1].strip().rsplit(" ", 1)[1] for r in rows] == ["fused", "default"]
+    for r in rows:
+        torch_ms, fused_ms = (float(c) for c in r.split("|")[2:4])
+        assert torch_ms > 0 and fused_ms > 0
+
+
+def test_bench_rejects_an_unknown_adam(tmp_path, capsys):
+    from grunet.cli import main
+
+    assert main(["bench", "--adam", "fused,adamw", "--skip", "train,sweep,inference,keras"]) == 2
+    err = capsys.readouterr().err
+    assert "--adam" in err and "'adamw'" in err and "default" in err
 
 
 def test_bench_times_keras_when_importable(tmp_path):

@@ -21,9 +21,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quick", action="store_true", help="a small sweep and fewer repeats")
     p.add_argument("--impls", default=",".join(bench.IMPLS), help="comma list of torch, reference, fused")
     p.add_argument("--skip", default="", help="comma list of parts to skip: train, sweep, inference, keras")
-    p.add_argument("--adam", choices=("default", "foreach", "fused"), default="fused",
-                   help="torch.optim.Adam implementation in the training step, the same for every impl "
-                        "(default fused, as grunet train uses)")
+    p.add_argument("--adam", default="fused,default", metavar="LIST",
+                   help="comma list of torch.optim.Adam implementations (default, foreach, fused) to time the "
+                        "training step with, one row each, the same for every impl (default: fused, as grunet "
+                        "train uses, then PyTorch's default); Keras is timed once")
     p.add_argument("--max-call-seconds", type=float, default=2.0,
                    help="sweep: skip an implementation whose single call takes longer (default 2)")
     p.add_argument("--results", default=None, metavar="PATH", help="also write the tables to this Markdown file")
@@ -39,14 +40,18 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     repeats = min(args.repeats, 5) if args.quick else args.repeats
     skip = set(args.skip.split(","))
-    adam = {"foreach": True} if args.adam == "foreach" else {"fused": True} if args.adam == "fused" else {}
+    adams = [a for a in args.adam.split(",") if a]
+    for a in adams:
+        expect(a in bench.ADAM_OPTIONS, "--adam", f"names from {list(bench.ADAM_OPTIONS)}", repr(a))
+    expect(len(adams) > 0, "--adam", "at least one Adam implementation", repr(args.adam))
     if "fused" in impls:  # build outside the timings, and say how long it took
         from ..kernels import cpu
 
         cpu.load()
         print(f"fused kernel loaded in {cpu.build.build_seconds:.1f} s")
     info = bench.machine()
-    info["optimizer"] = "torch.optim.Adam" + (f"({args.adam}=True)" if adam else " (default implementation)")
+    info["optimizer"] = ", ".join("torch.optim.Adam" + ("" if a == "default" else f"({a}=True)") for a in adams) + \
+        " (training step; the row names say which)"
     print("  ".join(f"{k}: {v}" for k, v in info.items()))
     use_keras = "keras" not in skip
     keras = bench.load_keras()[1] if use_keras else "keras: skipped (--skip keras)"
@@ -54,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
     sections = []
     keras_rows: list = []
     if "train" not in skip:
-        rows = [bench.training_step(repeats, impls, keras=use_keras, adam=adam)]
+        rows = [bench.training_step(repeats, impls, keras=use_keras and i == 0, adam=a) for i, a in enumerate(adams)]
         sections.append(("Training step (forward + backward + Adam) of the tutorial model", rows))
         print(bench.table(rows, impls), flush=True)
         keras_rows += rows
