@@ -129,15 +129,18 @@ def test_gradients_when_one_output_is_unused(dtype, reset_after, used, threads):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("reset_after", [True, False])
 @pytest.mark.parametrize("reverse", [False, True])
-@pytest.mark.parametrize("h0_kind", ["zero, with grad", "zero, no grad", "half zero"])
+@pytest.mark.parametrize("h0_kind", ["zero, with grad", "zero, no grad", "half zero", "none"])
 @pytest.mark.parametrize("threads", [1, 2])
 def test_zero_initial_state(dtype, reset_after, reverse, h0_kind, threads):
     # h0 = 0 (a fresh state) lets the kernel skip step 0's W_hh h product and those rows of dW_hh, and
-    # dh0's product when h0 needs no gradient; a state zero in one chunk only must not take those shortcuts
+    # dh0's product when h0 needs no gradient; a state zero in one chunk only must not take those shortcuts;
+    # h0 = None (what grunet.GRU passes without hx) means zeros
     T, B, I, H = 7, 40, 5, 21
     tensors, upstream = layer_inputs(T, B, I, H, dtype, reset_after, True, seed=21)
     if h0_kind == "half zero":
         tensors[1][: B // 2] = 0
+    elif h0_kind == "none":
+        tensors[1] = None
     else:
         tensors[1] = torch.zeros(B, H, dtype=dtype)
     lengths = torch.randint(1, T + 1, (B,), generator=torch.Generator().manual_seed(4))
@@ -155,8 +158,14 @@ def test_zero_initial_state(dtype, reset_after, reverse, h0_kind, threads):
         got = run(cpu.gru_layer)
     finally:
         cpu.set_threads(None)
-    for name, a, b in zip(NAMES, run(reference_layer), got):
-        if h0_kind == "zero, no grad" and name == "dh0":
+    expected = run(reference_layer)
+    if h0_kind == "none":  # no dh0 in either list; the reference itself against an explicit zero state
+        with torch.no_grad():
+            zero = reference_layer(tensors[0], torch.zeros(B, H, dtype=dtype), *tensors[2:], **kw)
+        assert_close(zero[1], expected[1], TOL[dtype], "h_n with h0 = zeros")
+        expected, got = expected[:3] + [None] + expected[3:], got[:3] + [None] + got[3:]
+    for name, a, b in zip(NAMES, expected, got):
+        if (h0_kind == "zero, no grad" or h0_kind == "none") and name == "dh0":
             assert a is None and b is None
             continue
         assert_close(a, b, TOL[dtype], name)
@@ -164,10 +173,13 @@ def test_zero_initial_state(dtype, reset_after, reverse, h0_kind, threads):
 
 @pytest.mark.parametrize("reset_after", [True, False])
 @pytest.mark.parametrize("frozen", [(0,), (2, 4), (3, 5), (1, 2, 3)])
-def test_gradients_of_a_subset_of_inputs(reset_after, frozen):
-    # the C++ autograd function maps autograd's edges (x, h0, w_ih, w_hh, then the biases given) to its
-    # outputs: frozen inputs get no gradient, the others the reference's
+@pytest.mark.parametrize("h0_given", [True, False])
+def test_gradients_of_a_subset_of_inputs(reset_after, frozen, h0_given):
+    # the C++ autograd function maps autograd's edges (x, h0 when given, w_ih, w_hh, then the biases given)
+    # to its outputs: frozen inputs get no gradient, the others the reference's
     tensors, upstream = layer_inputs(6, 9, 4, 7, torch.float64, reset_after, True, seed=31)
+    if not h0_given:
+        tensors[1] = None
     kw = dict(reset_after=reset_after, activation_name="sigmoid", lengths=None, reverse=False)
 
     def run(fn):
@@ -197,17 +209,20 @@ POISON_SCRIPT = """
 import itertools, sys, torch
 sys.path.insert(0, sys.argv[1])
 from test_kernels_cpu import NAMES, TOL, assert_close, cpu, layer_inputs, reference_layer, run_layer
-for dtype, reset_after, reverse, lengths, threads, shape, h0_zero in itertools.product(
+for dtype, reset_after, reverse, lengths, threads, shape, h0 in itertools.product(
         [torch.float32, torch.float64], [True, False], [False, True], [False, True], [1, 2],
-        [(28, 50, 28, 75), (5, 9, 3, 16), (3, 6, 5, 260)], [False, True]):
+        [(28, 50, 28, 75), (5, 9, 3, 16), (3, 6, 5, 260)], ["given", "zero", "none"]):
     T, B, I, H = shape
     tensors, upstream = layer_inputs(T, B, I, H, dtype, reset_after, True, seed=7)
-    if h0_zero:
+    if h0 == "zero":
         tensors[1] = torch.zeros_like(tensors[1])
+    elif h0 == "none":
+        tensors[1] = None
+    names = NAMES if tensors[1] is not None else NAMES[:3] + NAMES[4:]  # no dh0 without h0
     lens = torch.randint(1, T + 1, (B,), generator=torch.Generator().manual_seed(3)) if lengths else None
     kw = dict(reset_after=reset_after, activation_name="sigmoid", lengths=lens, reverse=reverse)
     cpu.set_threads(threads)
-    for name, a, b in zip(NAMES, run_layer(reference_layer, tensors, upstream, **kw),
+    for name, a, b in zip(names, run_layer(reference_layer, tensors, upstream, **kw),
                           run_layer(cpu.gru_layer, tensors, upstream, **kw)):
         assert_close(a, b, TOL[dtype], name)
     with torch.no_grad():

@@ -85,11 +85,15 @@ def training_step(repeats: int, impls=IMPLS, B=50, T=28, I=28, H=75, keras: bool
     for impl in steps:  # warm every model before timing any
         median_ms(steps[impl], 1, warmup=10)
     # round robin: each repeat times every implementation once, so that drift in the machine's speed
-    # (other processes, clocks) falls on all of them alike; the median of each is reported
+    # (other processes, clocks) falls on all of them alike; the median of each is reported. Each block of
+    # 10 timed steps starts with 2 untimed ones: the first steps after a switch run on caches the other
+    # implementation filled and, after the reference's mostly one-thread block, wake an OpenMP worker that
+    # went to sleep (measured per position in a block: fused 1.94, 1.63, 1.53, then ~1.45 ms; torch.nn.GRU
+    # 6.5, 6.2, 6.1, then ~6.0 ms), which a training loop pays once, not every 10 steps.
     times: dict[str, list[float]] = {impl: [] for impl in steps}
     for _ in range(repeats):
         for impl, step in steps.items():
-            times[impl].append(median_ms(step, 1, number=10, warmup=0))
+            times[impl].append(median_ms(step, 1, number=10, warmup=2))
     for impl, t in times.items():
         row.ms[impl] = statistics.median(t)
     if keras and _keras is not None:  # timed on its own: JAX's threads and torch's would contend if interleaved

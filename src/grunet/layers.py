@@ -155,7 +155,8 @@ class GRU(nn.Module):
         return PackedSequence(data, packed.batch_sizes, packed.sorted_indices, packed.unsorted_indices), h_n
 
     def _check_inputs(self, input: Tensor, hx, lengths, time_major: Optional[bool] = None):
-        """Validate and normalise to time-major x (T, B, I), h0 (L*D, B, H), lengths (B,) or None."""
+        """Validate and normalise to time-major x (T, B, I), h0 (L*D, B, H) or None (zeros, which the layer
+        functions make themselves: the fused kernel then allocates and scans nothing), lengths (B,) or None."""
         # plain ifs: the messages are built only on failure (this runs on every forward call)
         if not isinstance(input, Tensor):
             raise GrunetError(f"input: expected a torch.Tensor or PackedSequence, got {type(input).__name__}")
@@ -178,7 +179,7 @@ class GRU(nn.Module):
         T, B = x.shape[0], x.shape[1]
         LD, H = self.num_layers * (2 if self.bidirectional else 1), self.hidden_size
         if hx is None:
-            h0 = torch.zeros(LD, B, H, dtype=x.dtype, device=x.device)
+            h0 = None
         else:
             if not isinstance(hx, Tensor):
                 raise GrunetError(f"h0: expected a torch.Tensor, got {type(hx).__name__}")
@@ -200,14 +201,15 @@ class GRU(nn.Module):
             lengths = lengths.to(device=x.device, dtype=torch.int64)
         return x, h0, lengths, unbatched
 
-    def _run(self, x: Tensor, h0: Tensor, lengths: Optional[Tensor]) -> tuple[Tensor, Tensor]:
+    def _run(self, x: Tensor, h0: Optional[Tensor], lengths: Optional[Tensor]) -> tuple[Tensor, Tensor]:
         layer = layer_function(self.impl, x)
         D = 2 if self.bidirectional else 1
         h_n = []
         for k in range(self.num_layers):
             outs = []
             for d, suffix in enumerate(self._suffixes()):
-                out, h = layer(x, h0[k * D + d], *self.layer_weights(k, suffix), reset_after=self.reset_after,
+                out, h = layer(x, None if h0 is None else h0[k * D + d], *self.layer_weights(k, suffix),
+                               reset_after=self.reset_after,
                                activation_name=self.recurrent_activation, lengths=lengths, reverse=d == 1)
                 outs.append(out)
                 h_n.append(h)

@@ -90,7 +90,7 @@ def gru_step(
 # one layer, one direction, the whole sequence
 def gru_layer(
     x: Tensor,
-    h0: Tensor,
+    h0: Optional[Tensor],
     w_ih: Tensor,
     w_hh: Tensor,
     b_ih: Optional[Tensor],
@@ -101,13 +101,13 @@ def gru_layer(
     lengths: Optional[Tensor] = None,
     reverse: bool = False,
 ) -> tuple[Tensor, Tensor]:
-    """Run one GRU layer over x (T, B, I) from h0 (B, H); returns (output (T, B, H), h_n (B, H)).
+    """Run one GRU layer over x (T, B, I) from h0 (B, H) (None: zeros); returns (output (T, B, H), h_n (B, H)).
 
     ``lengths`` (B,) int64 on x's device: steps t >= lengths[b] leave h unchanged and output zero.
     """
     sigma = activation(activation_name)
     T = x.shape[0]
-    h = h0
+    h = h0 if h0 is not None else x.new_zeros(x.shape[1], w_hh.shape[1])
     outputs: list[Optional[Tensor]] = [None] * T
     steps = range(T - 1, -1, -1) if reverse else range(T)
     for t in steps:

@@ -1,8 +1,8 @@
 """The single dispatch point between the GRU layers and their implementations.
 
 Every implementation is a function with the signature of ``grunet.reference.gru_layer``:
-``(x (T,B,I), h0 (B,H), w_ih, w_hh, b_ih, b_hh, *, reset_after, activation_name, lengths, reverse)
--> (output (T,B,H), h_n (B,H))``, differentiable through autograd.
+``(x (T,B,I), h0 (B,H) or None (zeros), w_ih, w_hh, b_ih, b_hh, *, reset_after, activation_name, lengths,
+reverse) -> (output (T,B,H), h_n (B,H))``, differentiable through autograd.
 
 impl="reference": the plain PyTorch loop (always available).
 impl="fused":     the compiled kernel for the input's device; raises if it cannot be had.

@@ -1,8 +1,9 @@
 """Fused CPU GRU: whole-sequence forward and backward of one layer and direction in C++.
 
 Same function as grunet.reference.gru_layer (the equations are there and beside the C++ code):
-``gru_layer(x (T,B,I), h0 (B,H), w_ih (3H,I), w_hh (3H,H), b_ih, b_hh, *, reset_after, activation_name,
-lengths, reverse) -> (out (T,B,H), h_n (B,H))``, float32 and float64; other dtypes use the reference loop.
+``gru_layer(x (T,B,I), h0 (B,H) or None (zeros), w_ih (3H,I), w_hh (3H,H), b_ih, b_hh, *, reset_after,
+activation_name, lengths, reverse) -> (out (T,B,H), h_n (B,H))``, float32 and float64; other dtypes use the
+reference loop.
 
 How it is fast (DESIGN.md section 5): per step a product x_t W_ih^T, one (B,H)x(H,3H) GEMM and one
 vectorised pass over the gates (reset-before: a second GEMM for W_hn (r*h));
@@ -44,7 +45,7 @@ def get_threads() -> int:
 
 def gru_layer(
     x: Tensor,
-    h0: Tensor,
+    h0: Optional[Tensor],
     w_ih: Tensor,
     w_hh: Tensor,
     b_ih: Optional[Tensor],
@@ -71,8 +72,9 @@ def gru_layer(
     if lengths is not None:
         lengths = lengths.to(device="cpu", dtype=torch.int64)
     ext = load()
-    chunks = ext.batch_chunks(x.shape[1], h0.shape[1], get_threads())
-    if torch.is_grad_enabled() and (x.requires_grad or h0.requires_grad or w_ih.requires_grad or w_hh.requires_grad
+    chunks = ext.batch_chunks(x.shape[1], w_hh.shape[1], get_threads())
+    if torch.is_grad_enabled() and (x.requires_grad or (h0 is not None and h0.requires_grad) or w_ih.requires_grad
+                                    or w_hh.requires_grad
                                     or (b_ih is not None and b_ih.requires_grad)
                                     or (b_hh is not None and b_hh.requires_grad)):
         # a C++ autograd function (gru_autograd.cpp): saves what backward needs, backward runs without Python

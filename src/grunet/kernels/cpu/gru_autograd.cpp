@@ -20,7 +20,8 @@ struct LayerOptions {
 
 struct FusedGRUFunction : public torch::autograd::Function<FusedGRUFunction> {
   static torch::autograd::variable_list forward(torch::autograd::AutogradContext* ctx, const at::Tensor& x,
-                                                const at::Tensor& h0, const at::Tensor& w_ih, const at::Tensor& w_hh,
+                                                const c10::optional<at::Tensor>& h0, const at::Tensor& w_ih,
+                                                const at::Tensor& w_hh,
                                                 const c10::optional<at::Tensor>& b_ih,
                                                 const c10::optional<at::Tensor>& b_hh, const LayerOptions& o) {
     auto r = gru_forward(x, h0, w_ih, w_hh, b_ih, b_hh, o.lengths, o.reset_after, o.activation, o.reverse, true,
@@ -29,7 +30,7 @@ struct FusedGRUFunction : public torch::autograd::Function<FusedGRUFunction> {
     ctx->save_for_backward({w_ih, w_hh, r[2], r[3], r[4], r[5]});
     ctx->saved_data["lengths"] = o.lengths.has_value() ? c10::IValue(*o.lengths) : c10::IValue();
     ctx->saved_data["config"] = std::vector<int64_t>{o.reset_after, o.activation, o.reverse, b_ih.has_value(),
-                                                     b_hh.has_value(), o.chunks, x.size(0)};
+                                                     b_hh.has_value(), o.chunks, x.size(0), h0.has_value()};
     ctx->set_materialize_grads(false);  // an unused output (a classifier reads only h_n) costs no zeros
     return {r[0], r[1]};
   }
@@ -45,17 +46,18 @@ struct FusedGRUFunction : public torch::autograd::Function<FusedGRUFunction> {
     if (!dout.defined() && !dh_n.defined()) return none;  // no gradient reached either output
     const auto saved = ctx->get_saved_variables();
     const auto cfg = ctx->saved_data["config"].toIntVector();
-    const bool reset_after = cfg[0], reverse = cfg[2], has_b_ih = cfg[3], has_b_hh = cfg[4];
+    const bool reset_after = cfg[0], reverse = cfg[2], has_b_ih = cfg[3], has_b_hh = cfg[4], has_h0 = cfg[7];
     const auto len_iv = ctx->saved_data["lengths"];
     const c10::optional<at::Tensor> lengths = len_iv.isNone() ? c10::nullopt : c10::optional<at::Tensor>(len_iv.toTensor());
-    // autograd's output edges: x, h0, w_ih, w_hh, then the biases that were given
-    const size_t i_bih = 4, i_bhh = 4 + (has_b_ih ? 1 : 0);
-    const bool need_weights = ctx->needs_input_grad(2) || ctx->needs_input_grad(3) ||
+    // autograd's output edges: x, h0 when given, w_ih, w_hh, then the biases that were given
+    const size_t i_wih = has_h0 ? 2 : 1, i_bih = i_wih + 2, i_bhh = i_bih + (has_b_ih ? 1 : 0);
+    const bool need_dh0 = has_h0 && ctx->needs_input_grad(1);
+    const bool need_weights = ctx->needs_input_grad(i_wih) || ctx->needs_input_grad(i_wih + 1) ||
                               (has_b_ih && ctx->needs_input_grad(i_bih)) || (has_b_hh && ctx->needs_input_grad(i_bhh));
     auto g = gru_backward(dout.defined() ? c10::optional<at::Tensor>(dout) : c10::nullopt,
                           dh_n.defined() ? c10::optional<at::Tensor>(dh_n) : c10::nullopt, saved[0], saved[1],
                           saved[2], saved[3], saved[4], saved[5], lengths, reset_after, cfg[1], reverse, has_b_ih,
-                          has_b_hh, ctx->needs_input_grad(0), ctx->needs_input_grad(1), need_weights, cfg[5], cfg[6]);
+                          has_b_hh, ctx->needs_input_grad(0), need_dh0, need_weights, cfg[5], cfg[6]);
     // g = dx, dh0, dw_ih, dw_hh, db_ih, db_hh
     torch::autograd::variable_list out = {g[0], g[1], need_weights ? g[2] : at::Tensor(),
                                           need_weights ? g[3] : at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
@@ -67,7 +69,7 @@ struct FusedGRUFunction : public torch::autograd::Function<FusedGRUFunction> {
 
 }  // namespace
 
-std::vector<at::Tensor> gru_autograd(const at::Tensor& x, const at::Tensor& h0, const at::Tensor& w_ih,
+std::vector<at::Tensor> gru_autograd(const at::Tensor& x, const c10::optional<at::Tensor>& h0, const at::Tensor& w_ih,
                                      const at::Tensor& w_hh, const c10::optional<at::Tensor>& b_ih,
                                      const c10::optional<at::Tensor>& b_hh, const c10::optional<at::Tensor>& lengths,
                                      bool reset_after, int64_t activation, bool reverse, int64_t chunks) {

@@ -257,28 +257,29 @@ struct Infer {
 }  // namespace
 
 // Returns [out (T,B,H), h_n (B,H)] and, when training, the chunk-major [xs, gates, aux, hprev].
-std::vector<at::Tensor> gru_forward(const at::Tensor& x_in, const at::Tensor& h0, const at::Tensor& w_ih_in,
+std::vector<at::Tensor> gru_forward(const at::Tensor& x_in, const c10::optional<at::Tensor>& h0, const at::Tensor& w_ih_in,
                                     const at::Tensor& w_hh_in, const c10::optional<at::Tensor>& b_ih,
                                     const c10::optional<at::Tensor>& b_hh, const c10::optional<at::Tensor>& lengths,
                                     bool reset_after, int64_t activation, bool reverse, bool training,
                                     int64_t chunks) {
-  TORCH_CHECK(x_in.dim() == 3 && h0.dim() == 2, "grunet: x must be (T, B, I) and h0 (B, H)");
+  TORCH_CHECK(x_in.dim() == 3 && (!h0.has_value() || h0->dim() == 2), "grunet: x must be (T, B, I) and h0 (B, H)");
   TORCH_CHECK(x_in.scalar_type() == at::kFloat || x_in.scalar_type() == at::kDouble,
               "grunet: the fused CPU kernel takes float32 or float64");
-  const int64_t T = x_in.size(0), B = x_in.size(1), I = x_in.size(2), H = h0.size(1);
+  const int64_t T = x_in.size(0), B = x_in.size(1), I = x_in.size(2), H = w_hh_in.size(1);
   // x is read through its strides (the caller's batch-first view needs no transposing copy)
   const auto x = x_in.stride(2) == 1 && x_in.stride(1) >= I && x_in.stride(0) >= I ? x_in : x_in.contiguous();
   // inference with small weights: the Infer loop (its packed weights stay in L2)
   const bool lean = !training && (I + H) * 3 * (H + 15) * (int64_t)x_in.element_size() <= ((int64_t)1 << 20);
   const auto w_ih = w_ih_in.contiguous(), w_hh = w_hh_in.contiguous();
-  TORCH_CHECK(h0.size(0) == B && w_ih.size(0) == 3 * H && w_ih.size(1) == I && w_hh.size(0) == 3 * H &&
+  TORCH_CHECK((!h0.has_value() || (h0->size(0) == B && h0->size(1) == H)) && w_ih.size(0) == 3 * H && w_ih.size(1) == I && w_hh.size(0) == 3 * H &&
                   w_hh.size(1) == H, "grunet: shape mismatch between x, h0, w_ih and w_hh");
   TORCH_CHECK(chunks >= 1 && chunks <= std::max<int64_t>(B, 1), "grunet: chunks must be in [1, B]");
   const auto opt = x.options();
   // (raw buffers below, not ATen ops: a call's fixed cost is a few percent of the tutorial model's step)
   const auto bi = b_ih.has_value() ? b_ih->to(x.scalar_type()).contiguous() : at::Tensor();
   const auto bh = reset_after && b_hh.has_value() ? b_hh->to(x.scalar_type()).contiguous() : at::Tensor();
-  const auto h0c = h0.to(x.scalar_type()).contiguous();
+  // no h0: a fresh state of zeros (the caller need not allocate one, and step 0 skips its W_hh h product)
+  const auto h0c = h0.has_value() ? h0->to(x.scalar_type()).contiguous() : at::Tensor();
   at::Tensor len;
   if (lengths.has_value()) len = lengths->to(at::kLong).contiguous();
 
@@ -299,7 +300,8 @@ std::vector<at::Tensor> gru_forward(const at::Tensor& x_in, const at::Tensor& h0
 
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "grunet_gru_forward", [&] {
     using S = scalar_t;
-    std::copy(h0c.data_ptr<S>(), h0c.data_ptr<S>() + B * H, h_n.data_ptr<S>());
+    if (h0c.defined()) std::copy(h0c.data_ptr<S>(), h0c.data_ptr<S>() + B * H, h_n.data_ptr<S>());
+    else std::fill(h_n.data_ptr<S>(), h_n.data_ptr<S>() + B * H, S(0));
     if (training) std::fill(xs.data_ptr<S>() + T * B * I, xs.data_ptr<S>() + T * B * I + kVectorSlack, S(0));
     // the bias added to G: reset-after b_ih + (b_hr, b_hz, 0); reset-before the one bias b (= b_ih); b_hn
     std::vector<S> bias_g(3 * H, S(0)), b_hn(H, S(0));
@@ -327,7 +329,7 @@ std::vector<at::Tensor> gru_forward(const at::Tensor& x_in, const at::Tensor& h0
     const S* wi = w_ih.data_ptr<S>();
     const S* wh = w_hh.data_ptr<S>();
     const S* h0p = h_n.data_ptr<S>();
-    const bool h0_zero = std::all_of(h0p, h0p + B * H, [](S v) { return v == S(0); });  // step 0: no W_hh h
+    const bool h0_zero = !h0c.defined() || std::all_of(h0p, h0p + B * H, [](S v) { return v == S(0); });  // step 0: no W_hh h
     std::vector<S> bias_h;
     if (reset_after) {
       bias_h.assign(3 * Hp, S(0));
