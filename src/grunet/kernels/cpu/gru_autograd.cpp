@@ -69,9 +69,10 @@ struct FusedGRUFunction : public torch::autograd::Function<FusedGRUFunction> {
 
 }  // namespace
 
-std::vector<at::Tensor> gru_autograd(const at::Tensor& x, const c10::optional<at::Tensor>& h0, const at::Tensor& w_ih,
-                                     const at::Tensor& w_hh, const c10::optional<at::Tensor>& b_ih,
-                                     const c10::optional<at::Tensor>& b_hh, const c10::optional<at::Tensor>& lengths,
+std::vector<at::Tensor> gru_autograd(const at::Tensor& x, const c10::optional<at::Tensor>& h0,
+                                     const at::Tensor& w_ih, const at::Tensor& w_hh,
+                                     const c10::optional<at::Tensor>& b_ih, const c10::optional<at::Tensor>& b_hh,
+                                     const c10::optional<at::Tensor>& lengths,
                                      bool reset_after, int64_t activation, bool reverse, int64_t chunks) {
   return FusedGRUFunction::apply(x, h0, w_ih, w_hh, b_ih, b_hh,
                                  LayerOptions{lengths, reset_after, activation, reverse, chunks});

@@ -317,9 +317,10 @@ inline void gate_column_sums(const S* a, int64_t rows, int64_t lda, int64_t G, i
 
 // ----------------------------------------------------------------------------------------------------
 // entry points (gru_forward.cpp, gru_backward.cpp)
-std::vector<at::Tensor> gru_forward(const at::Tensor& x, const c10::optional<at::Tensor>& h0, const at::Tensor& w_ih,
-                                    const at::Tensor& w_hh, const c10::optional<at::Tensor>& b_ih,
-                                    const c10::optional<at::Tensor>& b_hh, const c10::optional<at::Tensor>& lengths,
+std::vector<at::Tensor> gru_forward(const at::Tensor& x, const c10::optional<at::Tensor>& h0,
+                                    const at::Tensor& w_ih, const at::Tensor& w_hh,
+                                    const c10::optional<at::Tensor>& b_ih, const c10::optional<at::Tensor>& b_hh,
+                                    const c10::optional<at::Tensor>& lengths,
                                     bool reset_after, int64_t activation, bool reverse, bool training,
                                     int64_t chunks);
 
@@ -331,9 +332,10 @@ std::vector<at::Tensor> gru_backward(const c10::optional<at::Tensor>& dout, cons
                                      bool need_weights, int64_t chunks, int64_t T);
 
 // (out, h_n) through autograd: gru_forward when called, gru_backward from the autograd engine (gru_autograd.cpp)
-std::vector<at::Tensor> gru_autograd(const at::Tensor& x, const c10::optional<at::Tensor>& h0, const at::Tensor& w_ih,
-                                     const at::Tensor& w_hh, const c10::optional<at::Tensor>& b_ih,
-                                     const c10::optional<at::Tensor>& b_hh, const c10::optional<at::Tensor>& lengths,
+std::vector<at::Tensor> gru_autograd(const at::Tensor& x, const c10::optional<at::Tensor>& h0,
+                                     const at::Tensor& w_ih, const at::Tensor& w_hh,
+                                     const c10::optional<at::Tensor>& b_ih, const c10::optional<at::Tensor>& b_hh,
+                                     const c10::optional<at::Tensor>& lengths,
                                      bool reset_after, int64_t activation, bool reverse, int64_t chunks);
 
 // Dispatch a runtime activation code to a template argument.

@@ -115,10 +115,11 @@ inline void store_partial(S* c, const typename Vec<S>::type& v, int n, bool accu
 // (i, k) of P is broadcast: P_T = false, P (M, K) row-major, P[i * ldp + k] (the per-step products, with
 // K in segments, see PackedB); P_T = true, P (K, M) row-major, P[k * ldp + i] (the weight gradients' D^T).
 // Row k of Q is read as NV vectors. (P_T is a template argument so that both strides stay compile-time.)
-// ONE_PIECE: P's row is not segmented (seg = stride = K); FULL: cols = NV * W. Both are template arguments
-// because GCC then emits a tighter loop nest: a 25x75 @ 75x240 step product went from 105 to 114 GFLOP/s,
-// the 700x28 @ 28x240 input product from 88 to 109 (as runtime values they are only known when the tile is
-// inlined, and it is not).
+// ONE_PIECE: P's row is not segmented (seg = stride = K); NSEG > 0: it is NSEG segments (K = NSEG seg; the
+// backward's three gate blocks); FULL: cols = NV * W. They are template arguments because GCC then emits a
+// tighter loop nest: a 25x75 @ 75x240 step product went from 105 to 114 GFLOP/s, the 700x28 @ 28x240 input
+// product from 88 to 109, the backward's dh product 1-3% (as runtime values they are only known when the
+// tile is inlined, and it is not).
 template <typename S, int MR, int NV, bool P_T, bool ONE_PIECE = false, bool FULL = false, int NSEG = 0>
 inline void tile(int64_t K, int64_t seg, int64_t stride, const S* P, int64_t ldp, const S* Q, int64_t ldq, S* C,
                  int64_t ldc, int64_t cols, bool accumulate, const S* bias) {
@@ -204,7 +205,8 @@ void small_gemm(int64_t M, const S* A, int64_t lda, const PackedB<S>& B, S* C, i
     if (seg != K && K == 3 * seg && cols == NVC * W)
       detail::tile<S, R, NVC, false, false, true, 3>(K, seg, stride, a, lda, b, Np, c, ldc, cols, accumulate, bj);
     else if (seg != K) detail::tile<S, R, NVC, false>(K, seg, stride, a, lda, b, Np, c, ldc, cols, accumulate, bj);
-    else if (cols == NVC * W) detail::tile<S, R, NVC, false, true, true>(K, K, K, a, lda, b, Np, c, ldc, cols, accumulate, bj);
+    else if (cols == NVC * W)
+      detail::tile<S, R, NVC, false, true, true>(K, K, K, a, lda, b, Np, c, ldc, cols, accumulate, bj);
     else detail::tile<S, R, NVC, false, true>(K, K, K, a, lda, b, Np, c, ldc, cols, accumulate, bj);
   };
   for (int64_t j0 = 0; j0 < Np; j0 += NV * W) {
