@@ -257,16 +257,10 @@ inline void for_batch_chunks(const Chunking& ch, bool big_steps, const F& f) {
 class BufferPool {
  public:
   static at::Tensor empty(at::IntArrayRef sizes, const at::TensorOptions& opt) { return poisoned(take(sizes, opt)); }
-  // GRUNET_POISON_BUFFERS set: every buffer handed out is filled with NaN, so that a value read before it
-  // is written shows up in the results (tests run the kernel so)
-  static bool poison() {
-    static const bool p = std::getenv("GRUNET_POISON_BUFFERS") != nullptr;
-    return p;
-  }
 
  private:
-  static at::Tensor poisoned(at::Tensor t) {
-    if (poison()) t.fill_(std::numeric_limits<double>::quiet_NaN());
+  static at::Tensor poisoned(at::Tensor t) {  // see poison_buffers (small_gemm.h)
+    if (poison_buffers()) t.fill_(std::numeric_limits<double>::quiet_NaN());
     return t;
   }
   static at::Tensor take(at::IntArrayRef sizes, const at::TensorOptions& opt) {

@@ -168,35 +168,21 @@ struct Infer {
   S* out;                                    // (T, B, H)
   S* h_n;                                    // (B, H): h0 in, h_n out
 
-  static int64_t padded(int64_t H) { return (H + W - 1) / W * W; }
-
   // bias_g (3H): b_ih + (b_hr, b_hz, 0) (reset-before: the one bias); b_hn (H): reset-after's, else 0
   void init(const S* w_ih, const S* w_hh, const S* bias_g, const S* b_hn) {
-    Hp = padded(H);
-    std::vector<S> m((I + H) * 2 * Hp, S(0));
+    Hp = padded_units<S>(H);
+    std::vector<S> m((I + H) * 2 * Hp, S(0));  // [W_ir W_iz; W_hr W_hz]^T: two weight matrices, one K
     for (int64_t g = 0; g < 2; ++g)
       for (int64_t u = 0; u < H; ++u) {
         for (int64_t k = 0; k < I; ++k) m[k * 2 * Hp + g * Hp + u] = w_ih[(g * H + u) * I + k];
         for (int64_t k = 0; k < H; ++k) m[(I + k) * 2 * Hp + g * Hp + u] = w_hh[(g * H + u) * H + k];
       }
     Wrz.pack(m.data(), 2 * Hp, false, I + H, 2 * Hp);
-    m.assign(I * Hp, S(0));
-    for (int64_t u = 0; u < H; ++u)
-      for (int64_t k = 0; k < I; ++k) m[k * Hp + u] = w_ih[(2 * H + u) * I + k];
-    Wxn.pack(m.data(), Hp, false, I, Hp);
-    m.assign(H * Hp, S(0));
-    for (int64_t u = 0; u < H; ++u)
-      for (int64_t k = 0; k < H; ++k) m[k * Hp + u] = w_hh[(2 * H + u) * H + k];
-    Whn.pack(m.data(), Hp, false, H, Hp);
-    brz.assign(2 * Hp, S(0));
-    bxn.assign(Hp, S(0));
-    bhn.assign(Hp, S(0));
-    for (int64_t u = 0; u < H; ++u) {
-      brz[u] = bias_g[u];
-      brz[Hp + u] = bias_g[H + u];
-      bxn[u] = bias_g[2 * H + u];
-      bhn[u] = b_hn[u];
-    }
+    Wxn.pack_gates_transposed(w_ih + 2 * H * I, I, 1, H, I, Hp);
+    Whn.pack_gates_transposed(w_hh + 2 * H * H, H, 1, H, H, Hp);
+    brz = pad_gates(bias_g, 2, H, Hp);
+    bxn = pad_gates(bias_g + 2 * H, 1, H, Hp);
+    bhn = pad_gates(b_hn, 1, H, Hp);
   }
 
   // rows [b0, b1) through the whole sequence, kInferenceRows rows at a time

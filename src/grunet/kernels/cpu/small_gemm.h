@@ -30,6 +30,13 @@ struct Vec {
   typedef S type_u __attribute__((vector_size(64), aligned(sizeof(S))));  // unaligned loads/stores
 };
 
+// GRUNET_POISON_BUFFERS set: every buffer the kernel takes (packed weights here, pooled tensors in gru_cpu.h)
+// is filled with NaN, so that a value read before it is written shows up in the results (tests run so)
+inline bool poison_buffers() {
+  static const bool p = std::getenv("GRUNET_POISON_BUFFERS") != nullptr;
+  return p;
+}
+
 // B (K, N) in row-major with N padded to a multiple of the vector width (zeros), 64-byte aligned. A product
 // reads A's row as K values, or, with segments, as blocks of `seg` values `stride` apart (A's gate blocks
 // padded to whole vectors, whose padding B's packing left out).
@@ -44,8 +51,7 @@ struct PackedB {
     K = K_, N = N_, seg = stride = K;
     Np = (N + W - 1) / W * W;
     storage.reset(new S[K * Np + W]);
-    static const bool poison = std::getenv("GRUNET_POISON_BUFFERS") != nullptr;  // see BufferPool
-    if (poison) std::fill(storage.get(), storage.get() + K * Np + W, S(NAN));
+    if (poison_buffers()) std::fill(storage.get(), storage.get() + K * Np + W, S(NAN));
     data = storage.get();
     const auto misalign = reinterpret_cast<uintptr_t>(data) % 64;  // align the panel to 64 bytes
     if (misalign) data += (64 - misalign) / sizeof(S);
@@ -219,20 +225,7 @@ void small_gemm(int64_t M, const S* A, int64_t lda, const PackedB<S>& B, S* C, i
       S* c = C + i0 * ldc + j0;
       const S* bj = bias ? bias + j0 : nullptr;
       // full-height tiles use all MR rows; the last rows run a smaller instantiation
-      // (spelled out rather than through with_tile_shape: the per-step product measured 2% slower that way)
-      auto run = [&](auto mr) {
-        constexpr int R = decltype(mr)::value;
-        if (nv == 3) tile_of(mr, std::integral_constant<int, 3>{}, a, b, c, cols, bj);
-        else if (nv == 2) tile_of(mr, std::integral_constant<int, 2>{}, a, b, c, cols, bj);
-        else tile_of(mr, std::integral_constant<int, 1>{}, a, b, c, cols, bj);
-      };
-      switch (rows) {
-        case 5: run(std::integral_constant<int, 5>{}); break;
-        case 4: run(std::integral_constant<int, 4>{}); break;
-        case 3: run(std::integral_constant<int, 3>{}); break;
-        case 2: run(std::integral_constant<int, 2>{}); break;
-        default: run(std::integral_constant<int, 1>{}); break;
-      }
+      detail::with_tile_shape(rows, nv, [&](auto r, auto v) { tile_of(r, v, a, b, c, cols, bj); });
     }
   }
 }
