@@ -1,17 +1,20 @@
 """The ``grunet`` command line: build_parser() and main(argv) -> exit code.
 
 Each subcommand lives in ``grunet.commands.<name>`` with ``add_arguments(parser)`` and ``run(args) -> int``.
-Bad input (GrunetError) becomes one line on stderr and exit code 2, never a traceback.
+Bad input (GrunetError) becomes one line on stderr and exit code 2, never a traceback; so does a file
+system error that escaped a command's own checks (it names the file). Output piped into a reader that
+stops early (``| head``) ends quietly.
 """
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from typing import Optional, Sequence
 
 from . import __version__
-from .errors import GrunetError
+from .errors import GrunetError, os_error
 
 # name -> one-line help; the module grunet.commands.<name with - as _> implements it
 COMMANDS = {
@@ -58,14 +61,27 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         parser.print_help()
         return 2
     try:
-        return int(args._run(args) or 0)
+        code = int(args._run(args) or 0)
+        sys.stdout.flush()  # a closed pipe shows here, inside the handler below, not at interpreter exit
+        return code
+    except BrokenPipeError:
+        # the reader went away (| head): point stdout at /dev/null so the interpreter's final flush is quiet
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141  # 128 + SIGPIPE, as a shell reports a command killed by a closed pipe
     except GrunetError as e:
-        message = "; ".join(line.strip() for line in str(e).splitlines() if line.strip())  # one line
-        print(f"grunet {args.command}: error: {message}", file=sys.stderr)
-        return 2
+        return _fail(args.command, e)
+    except OSError as e:  # a file error no command check anticipated: still one line naming the file
+        return _fail(args.command, os_error(e.filename or "a file", "read or write it", e))
     except KeyboardInterrupt:
         print(f"grunet {args.command}: interrupted", file=sys.stderr)
         return 130
+
+
+def _fail(command: str, error: GrunetError) -> int:
+    message = "; ".join(line.strip() for line in str(error).splitlines() if line.strip())  # one line
+    print(f"grunet {command}: error: {message}", file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":

@@ -2,13 +2,22 @@
 
 Every message names the thing, what was expected and what came, e.g.
 ``GrunetError("h0: expected shape (1, 50, 75), got (1, 50, 64)")``.
-It subclasses ValueError so library users can catch the usual type; the CLI turns it into one line and
-exit code 2.
+It subclasses ValueError (what Python code catches for a bad argument) and RuntimeError (what PyTorch raises
+for a wrong-shape input or state, so code written for torch.nn.GRU catches grunet's errors too); the CLI
+turns it into one line and exit code 2.
 """
+import os
 
 
-class GrunetError(ValueError):
+class GrunetError(ValueError, RuntimeError):
     """Bad input from a user: a wrong argument, file, option or dataset."""
+
+
+def os_error(path, action: str, error: OSError) -> GrunetError:
+    """One line for a file system error caused by input: ``PATH: expected to ACTION, got STRERROR``."""
+    reason = error.strerror or type(error).__name__
+    return GrunetError(f"{os.fspath(path)}: expected to {action}, got {reason} (errno {error.errno})"
+                       if error.errno else f"{os.fspath(path)}: expected to {action}, got {reason}")
 
 
 def expect(condition: bool, what: str, expected: str, got) -> None:

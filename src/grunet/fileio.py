@@ -2,6 +2,8 @@
 
 Write to a temporary file in the destination's directory, flush and fsync it, then ``os.replace`` it over
 the target (atomic on POSIX). A crash or Ctrl-C leaves either the old file or the new one, never a mix.
+A destination that cannot be written (a missing or read-only directory, a directory in the way, a full disk)
+raises GrunetError naming the path, and the temporary file is removed.
 """
 from __future__ import annotations
 
@@ -12,12 +14,19 @@ import tempfile
 from pathlib import Path
 from typing import IO, Iterator
 
+from .errors import os_error
+
 
 @contextlib.contextmanager
 def atomic_open(path: str | os.PathLike, mode: str = "w", **kwargs) -> Iterator[IO]:
     """Open a temporary sibling of ``path`` for writing; on success it replaces ``path``."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    if path.is_dir():
+        raise os_error(path, "write a file", IsADirectoryError(21, "a directory at that path"))
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as e:
+        raise os_error(path, "write a file in an existing, writable directory", e) from None
     umask = os.umask(0)
     os.umask(umask)
     try:
@@ -27,6 +36,12 @@ def atomic_open(path: str | os.PathLike, mode: str = "w", **kwargs) -> Iterator[
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as e:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        if e.filename not in (None, tmp, os.fspath(path)):
+            raise  # an error reading some other file inside the with-block: not ours to rename
+        raise os_error(path, "write the file", e) from None
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
