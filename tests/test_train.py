@@ -52,7 +52,7 @@ def test_run_directory_contents(reference_run):
     config = json.loads((out / "config.json").read_text())
     assert config["units"] == 16 and config["batch_size"] == 50 and config["lr"] == 0.01 and config["steps"] == 60
     rows = metrics(out)
-    assert [int(r["step"]) for r in rows] == [0, 10, 20, 30, 40, 50]
+    assert [int(r["step"]) for r in rows] == [0, 10, 20, 30, 40, 50, 59]  # 59: the final weights
     assert all(0 <= float(r["test_accuracy"]) <= 1 and float(r["loss"]) > 0 for r in rows)
     # it learns: the loss falls and accuracy rises well above chance in 60 steps
     assert float(rows[-1]["loss"]) < float(rows[0]["loss"]) - 0.3
@@ -60,6 +60,7 @@ def test_run_directory_contents(reference_run):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["steps"] == 60 and summary["parameters"] == 3 * (16 * 28 + 16 * 16 + 16) + 16 * 10 + 10
     assert summary["best_test_accuracy"] == max(float(r["test_accuracy"]) for r in rows)
+    assert summary["final_test_accuracy"] == float(rows[-1]["test_accuracy"])
     best = load_checkpoint(out / "best.pt")
     assert best["progress"]["rows"][-1]["step"] == summary["best_step"]
     assert not list(out.glob("*.tmp")) and not list(out.glob(".*.tmp"))
@@ -100,12 +101,16 @@ def test_stop_by_signal_then_resume_equals_uninterrupted(reference_run, tmp_path
 
 
 def test_extend_with_steps_equals_uninterrupted(reference_run, tmp_path):
+    """An extended run keeps the final row of its first part (step 29, an evaluation that happened); every
+    other row and the weights are those of the run that was never stopped."""
     out = tmp_path / "short"
     assert main(["train", "--steps", "30", "--out", str(out), *SMALL_ARGS]) == 0
-    assert len(metrics(out)) == 3
+    assert [int(r["step"]) for r in metrics(out)] == [0, 10, 20, 29]
+    first_part_final = metrics(out)[-1]
     assert main(["train", "--resume", str(out), "--steps", "60"]) == 0
     assert json.loads((out / "config.json").read_text())["steps"] == 60
-    assert metrics(out) == metrics(reference_run)
+    expected = metrics(reference_run)
+    assert metrics(out) == expected[:3] + [first_part_final] + expected[3:]
     assert_same_weights(weights(out), weights(reference_run))
 
 
@@ -192,10 +197,30 @@ def _bad_idx_dir(tmp_path):
 
 
 @pytest.mark.parametrize("argv,message", [
-    (["train", "--steps", "0"], "--steps: expected an integer >= 1, got 0"),
-    (["train", "--lr", "-1"], "--lr: expected a number > 0, got -1.0"),
+    (["train", "--steps", "0"], "--steps: expected an integer from 1 to 1000000000000, got 0"),
+    (["train", "--steps", "1" + "0" * 29], "--steps: expected an integer from 1 to 1000000000000, got 1000"),
+    (["train", "--lr", "-1"], "--lr: expected a number > 0 and <= 10, got -1.0"),
+    (["train", "--lr", "nan"], "--lr: expected a number > 0 and <= 10, got nan"),
+    (["train", "--lr", "inf"], "--lr: expected a number > 0 and <= 10, got inf"),
+    (["train", "--lr", "1e300"], "--lr: expected a number > 0 and <= 10, got 1e+300"),
+    (["train", "--epochs", "inf"], "--epochs: expected a finite number > 0, got inf"),
+    (["train", "--epochs", "nan"], "--epochs: expected a finite number > 0, got nan"),
+    (["train", "--epochs", "1e300"], "--epochs: expected at most 1,000,000,000,000 steps' worth, got 1e+300"),
+    (["train", "--seed", "1" + "0" * 29], "--seed: expected an integer from 0 to 4294967295, got 1000"),
+    (["train", "--seed", "-1"], "--seed: expected an integer from 0 to 4294967295, got -1"),
+    (["train", "--view", "permuted", "--permutation-seed", "-3"],
+     "--permutation-seed: expected an integer from 0 to 4294967295, got -3"),
+    (["train", "--view", "permuted", "--permutation-seed", str(2**40)],
+     "--permutation-seed: expected an integer from 0 to 4294967295, got 1099511627776"),
+    (["train", "--eval-every", "0"], "--eval-every: expected an integer from 1 to 1000000000000, got 0"),
+    (["train", "--eval-every", "1" + "0" * 29], "--eval-every: expected an integer from 1 to"),
+    (["train", "--batch-size", "-5"], "--batch-size: expected an integer from 1 to 2147483647, got -5"),
+    (["train", "--threads", "1" + "0" * 29], "--threads: expected an integer from 1 to 4096, got 1000"),
+    (["train", "--threads", "0"], "--threads: expected an integer from 1 to 4096, got 0"),
+    (["train", "--units", "10000000"], "--units: expected a size that fits in this machine's"),
+    (["train", "--layers", "1000000000"], "--layers: expected an integer from 1 to 1000, got 1000000000"),
     (["train", "--batch-size", "5000"], "--batch-size: expected at most the training set's size 4000, got 5000"),
-    (["train", "--units", "0"], "--units: expected an integer >= 1, got 0"),
+    (["train", "--units", "0"], "--units: expected an integer from 1 to 2147483647, got 0"),
     (["train", "--device", "tpu"], "--device: expected 'cpu' or 'cuda[:N]', got 'tpu'"),
     (["train", "--dataset", "mnist", "--data-dir", "{tmp}/empty"], "expected files train-images-idx3-ubyte.gz"),
     (["train", "--dataset", "mnist", "--data-dir", "{bad}"], "bad-idx"),
@@ -213,10 +238,13 @@ def test_bad_input_one_line_exit_2(argv, message, tmp_path, capsys, monkeypatch)
     monkeypatch.setitem(SPECS, "kmnist", dataclasses.replace(SPECS["kmnist"], mirrors=("http://127.0.0.1:9/",)))
     fill = {"tmp": str(tmp_path), "file": str(tmp_path / "afile"), "bad": str(_bad_idx_dir(tmp_path))}
     argv = [a.format(**fill) for a in argv]
+    if argv[0] == "train" and "--out" not in argv:
+        argv += ["--out", str(tmp_path / "new-run")]
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert message in err, err
-    assert "Traceback" not in err
+    assert "Traceback" not in err and sum("error:" in line for line in err.splitlines()) == 1
+    assert not (tmp_path / "new-run").exists()  # nothing made for a refused run
 
 
 def test_out_holding_another_run_and_resume_with_changed_options(reference_run, capsys):
