@@ -159,7 +159,7 @@ def _torch_load(p: Path) -> object:
                           f"lists, dicts), got one that needs {unknown[:3]}; it was not opened (re-create it with "
                           f"this grunet: train again or convert its source model again)")
     allowed = []
-    for name in sorted(needed):  # each one of _V1_NUMPY: NumPy's own array and dtype types
+    for name in sorted(needed | {"numpy.dtypes.UInt32DType"}):  # the key's dtype class is only met when built  # each one of _V1_NUMPY: NumPy's own array and dtype types
         module_name, attr = name.rsplit(".", 1)
         try:
             allowed.append(getattr(importlib.import_module(module_name), attr))
