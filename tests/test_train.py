@@ -350,24 +350,17 @@ def test_run_killed_before_first_checkpoint_resumes(reference_run, tmp_path, cap
     assert_same_weights(weights(out), weights(reference_run))
 
 
-def test_signal_before_first_step_saves_last_pt(reference_run, tmp_path, monkeypatch):
-    import grunet.train as train_module
+def test_signal_before_first_step_saves_last_pt(reference_run, tmp_path):
+    def print_then_sigterm(line):  # the model summary is printed after config.json, before any step
+        os.kill(os.getpid(), signal.SIGTERM)
+        lines.append(line)
 
-    real_load_data = train_module.load_data
-
-    def load_data_then_sigterm(config):
-        data = real_load_data(config)
-        os.kill(os.getpid(), signal.SIGTERM)  # arrives while the model is built, before any checkpoint
-        return data
-
-    monkeypatch.setattr(train_module, "load_data", load_data_then_sigterm)
     out = tmp_path / "sigterm-early"
     lines = []
-    result = run(TrainConfig(**SMALL), out, print_fn=lines.append, progress=False)
+    result = run(TrainConfig(**SMALL), out, print_fn=print_then_sigterm, progress=False)
     assert result.exit_code == 128 + signal.SIGTERM
     assert "stopped by SIGTERM after step 0 of 60" in lines[-1]
     assert load_checkpoint(out / "last.pt")["progress"]["step"] == 0
-    monkeypatch.setattr(train_module, "load_data", real_load_data)
     assert main(["train", "--resume", str(out)]) == 0
     assert metrics(out) == metrics(reference_run)
     assert_same_weights(weights(out), weights(reference_run))

@@ -320,34 +320,34 @@ def run(
         check_writable(out)
     else:
         check_new(out)  # fail before loading data; checked again under the lock
-    # signals from here on: one that comes before the first checkpoint still leaves a resumable run
-    with StopRequest() as stop:
-        if config.threads:
-            torch.set_num_threads(config.threads)
-        device = torch.device(config.device)
-        x_train, y_train, x_test, y_test = load_data(config)
-        x_train, y_train = x_train.to(device), y_train.to(device)
-        x_test, y_test = x_test.to(device), y_test.to(device)
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    device = torch.device(config.device)
+    x_train, y_train, x_test, y_test = load_data(config)
+    x_train, y_train = x_train.to(device), y_train.to(device)
+    x_test, y_test = x_test.to(device), y_test.to(device)
 
-        torch.manual_seed(config.seed)
-        np.random.seed(config.seed)
-        random.seed(config.seed)
-        model = SequenceClassifier(config.model_config(x_train.shape[2]), impl=config.impl).to(device)
-        optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, fused=True)  # one kernel for all params
-        batches = Batches(len(x_train), config.batch_size, config.shuffle, config.seed)
-        trainer = Trainer(config, out, model, optimizer, batches, new_progress())
-        if not resume:
-            make_new(out)  # only once the data and model are known to be good: no empty run left
-        with RunLock(out):
-            if resume:
-                _continue(trainer, saved, print_fn)
-            else:
-                check_new(out)  # another process may have started a run here meanwhile
-                write_config(out, config)
-                from .params import summary
+    torch.manual_seed(config.seed)
+    np.random.seed(config.seed)
+    random.seed(config.seed)
+    model = SequenceClassifier(config.model_config(x_train.shape[2]), impl=config.impl).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, fused=True)  # one kernel for all params
+    batches = Batches(len(x_train), config.batch_size, config.shuffle, config.seed)
+    trainer = Trainer(config, out, model, optimizer, batches, new_progress())
+    if not resume:
+        make_new(out)  # only once the data and model are known to be good: no empty run left
+    with RunLock(out), StopRequest() as stop:
+        # signals from here on: one that comes before the first checkpoint still leaves a resumable run
+        # (before, there is no run to save and Ctrl-C stops a download or a build as usual)
+        if resume:
+            _continue(trainer, saved, print_fn)
+        else:
+            check_new(out)  # another process may have started a run here meanwhile
+            write_config(out, config)
+            from .params import summary
 
-                summary(model, (1, *x_train.shape[1:]), print_fn=print_fn)
-            return _train(trainer, (x_train, y_train, x_test, y_test), stop, print_fn, progress, on_step)
+            summary(model, (1, *x_train.shape[1:]), print_fn=print_fn)
+        return _train(trainer, (x_train, y_train, x_test, y_test), stop, print_fn, progress, on_step)
 
 
 def _continue(trainer: Trainer, saved: TrainConfig, print_fn: Callable[[str], None]) -> None:
