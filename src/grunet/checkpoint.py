@@ -90,6 +90,7 @@ def build_model(architecture: dict, impl: str = "auto") -> nn.Module:
 def check_state_dict(expected: dict, stored, where: str) -> None:
     """Refuse a stored state dict whose names, shapes or dtypes differ from ``expected`` (tensors, e.g. of a
     model on the meta device); one line naming the first difference."""
+    where = f"{where}: weights do not match the architecture"
     if not isinstance(stored, dict):
         raise GrunetError(f"{where}: expected a state dict of tensors, got {type(stored).__name__}")
     missing = [k for k in expected if k not in stored]
@@ -216,7 +217,7 @@ def model_from_checkpoint(state: dict, where: str, impl: str = "auto") -> nn.Mod
     """The module of a loaded checkpoint: built on the meta device and compared with the stored tensors
     first, so an edited architecture can neither allocate what the file does not hold nor mismatch it."""
     skeleton = _build(state["architecture"], impl="reference", device="meta")
-    check_state_dict(skeleton.state_dict(), state["model"], f"{where} weights")
+    check_state_dict(skeleton.state_dict(), state["model"], where)
     model = _build(state["architecture"], impl=impl)
     try:
         model.load_state_dict(state["model"])

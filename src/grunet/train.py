@@ -1,6 +1,6 @@
 """The training loop of the tutorial experiment: recipe, evaluation, run directory, checkpoints, resume.
 
-The seed recipe (DESIGN.md §1): digits read row by row (28 steps of 28 pixels / 255), GRU(75, Keras init)
+The seed recipe: digits read row by row (28 steps of 28 pixels / 255), GRU(75, Keras init)
 -> Dense(10) -> softmax, categorical cross-entropy, Adam lr 1e-3, batches of 50 taken as consecutive
 slices of the training set (back to 0 when the next slice would run past the end), 50,000 steps, and
 after step i (0-based) with i % 100 == 0 the whole test set is evaluated and ``accuracy: 0.xxxx`` printed.
@@ -226,7 +226,7 @@ class Trainer:
         expected = architecture_of(self.model)
         expect(ckpt["architecture"] == expected, f"{path}", f"the architecture of the run's config.json "
                f"({_short(expected)})", f"another one ({_short(ckpt['architecture'])})")
-        check_state_dict(self.model.state_dict(), ckpt["model"], f"{path} weights")
+        check_state_dict(self.model.state_dict(), ckpt["model"], str(path))
         progress = check_progress(ckpt.get("progress"), f"{path} progress", MAX_STEPS)
         load_optimizer_state(self.optimizer, ckpt.get("optimizer"), f"{path} optimizer")
         self.batches.load_state_dict(ckpt.get("batches"), f"{path} batches")
