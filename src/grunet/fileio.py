@@ -4,6 +4,9 @@ Write to a temporary file in the destination's directory, flush and fsync it, th
 the target (atomic on POSIX). A crash or Ctrl-C leaves either the old file or the new one, never a mix.
 A destination that cannot be written (a missing or read-only directory, a directory in the way, a full disk)
 raises GrunetError naming the path, and the temporary file is removed.
+
+A process killed during a write (kill -9, power loss) cannot remove its temporary file, so the name holds
+the writer's pid, ``.NAME.PID.RANDOM.tmp``, and the next write of NAME removes those whose process is gone.
 """
 from __future__ import annotations
 
@@ -17,14 +20,49 @@ from typing import IO, Iterator
 from .errors import os_error
 
 
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:
+    """Remove the temporary files of ``path`` left by writers that no longer run; returns them."""
+    path = Path(path)
+    removed = []
+    try:
+        candidates = list(path.parent.glob(f".{glob_escape(path.name)}.*.tmp"))
+    except OSError:
+        return removed
+    for tmp in candidates:
+        parts = tmp.name[len(path.name) + 2:-len(".tmp")].split(".")  # PID, RANDOM (no dot in either)
+        if len(parts) != 2 or not parts[0].isdigit():
+            continue
+        pid = int(parts[0])
+        if pid != os.getpid() and not _process_alive(pid):
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+                removed.append(tmp)
+    return removed
+
+
+def glob_escape(name: str) -> str:
+    return "".join(f"[{c}]" if c in "*?[" else c for c in name)
+
+
 @contextlib.contextmanager
 def atomic_open(path: str | os.PathLike, mode: str = "w", **kwargs) -> Iterator[IO]:
     """Open a temporary sibling of ``path`` for writing; on success it replaces ``path``."""
     path = Path(path)
     if path.is_dir():
         raise os_error(path, "write a file", IsADirectoryError(21, "a directory at that path"))
+    remove_stale_temporaries(path)
     try:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp")
     except OSError as e:
         raise os_error(path, "write a file in an existing, writable directory", e) from None
     umask = os.umask(0)

@@ -17,8 +17,10 @@ from torch import Tensor, nn
 from .config import from_dict as config_from_dict
 from .errors import expect
 from .layers import GRU, init_rnn_weights
+from .memory import expect_fits
 
 CELLS = ("gru", "lstm")
+MAX_LAYERS = 1000  # stacked layers; far beyond any trained GRU, and each is a Python object to build
 
 
 @dataclass
@@ -38,7 +40,32 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, d: dict, where: str = "model config") -> "ModelConfig":
-        return config_from_dict(cls, d, where)
+        return config_from_dict(cls, d, where).validate(where)
+
+    def validate(self, where: str = "model config") -> "ModelConfig":
+        """Sizes in range before anything is built: a hand-edited file may ask for terabytes."""
+        for name, high in (("input_size", 2**31 - 1), ("hidden_size", 2**31 - 1), ("num_classes", 2**31 - 1),
+                           ("num_layers", MAX_LAYERS)):
+            value = getattr(self, name)
+            expect(isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= high, f"{where} {name}",
+                   f"an integer from 1 to {high}", repr(value))
+        expect(self.cell in CELLS, f"{where} cell", f"one of {list(CELLS)}", repr(self.cell))
+        expect_fits(4 * self.parameter_count(), f"{where} hidden_size",
+                    f"{self.parameter_count():,} float32 parameters")
+        return self
+
+    def parameter_count(self) -> int:
+        """Parameters of the recurrent layers and the Dense head, from the sizes alone (nothing is built).
+        Per layer and direction: G gate blocks of U*I_k + U*U weights and B*U biases, where G = 3 (GRU) or
+        4 (LSTM), B = 2 for PyTorch's two bias vectors (reset-after GRU, LSTM), 1 for reset-before."""
+        U, D = self.hidden_size, 2 if self.bidirectional else 1
+        gates = 4 if self.cell == "lstm" else 3
+        biases = 1 if self.cell == "gru" and not self.reset_after else 2
+        total = 0
+        for k in range(self.num_layers):
+            width = self.input_size if k == 0 else D * U
+            total += D * gates * (U * width + U * U + biases * U)
+        return total + D * U * self.num_classes + self.num_classes
 
 def _keras_init(rnn: nn.Module, forget_bias: bool = False) -> None:
     """Keras's defaults on a torch RNN; for an LSTM also unit_forget_bias (forget gate bias 1; torch's gate

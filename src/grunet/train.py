@@ -1,6 +1,6 @@
 """The training loop of the tutorial experiment: recipe, evaluation, run directory, checkpoints, resume.
 
-The seed recipe (DESIGN.md §1): digits read row by row (28 steps of 28 pixels / 255), GRU(75, Keras init)
+The seed recipe: digits read row by row (28 steps of 28 pixels / 255), GRU(75, Keras init)
 -> Dense(10) -> softmax, categorical cross-entropy, Adam lr 1e-3, batches of 50 taken as consecutive
 slices of the training set (back to 0 when the next slice would run past the end), 50,000 steps, and
 after step i (0-based) with i % 100 == 0 the whole test set is evaluated and ``accuracy: 0.xxxx`` printed.
@@ -8,8 +8,10 @@ after step i (0-based) with i % 100 == 0 the whole test set is evaluated and ``a
 Run directory: config.json (every setting), metrics.csv (step, loss, train_accuracy, test_accuracy,
 elapsed_s; loss and train accuracy are the means over the steps since the previous evaluation),
 last.pt and best.pt (atomic; model, optimizer, RNG states, data position, step, metrics so far) and
-summary.json at the end. A run stopped by Ctrl-C / SIGTERM saves last.pt after the step in flight; resuming
-it gives the same metrics.csv (but elapsed_s) and the same weights as a run that was never stopped.
+summary.json at the end. The last step is always evaluated: its row ends metrics.csv and competes for
+best.pt, so "final" and "best" in summary.json are rows of metrics.csv. A run stopped by Ctrl-C / SIGTERM
+(even before its first step) saves last.pt after the step in flight; resuming it gives the same metrics.csv
+(but elapsed_s) and the same weights as a run that was never stopped.
 """
 from __future__ import annotations
 
@@ -31,17 +33,25 @@ import torch
 from torch import nn
 
 from . import __version__
+from .checkpoint import architecture_of, check_state_dict, load_checkpoint, save_checkpoint
 from .config import from_dict as config_from_dict
-from .checkpoint import load_checkpoint, save_checkpoint
 from .data import DATASETS, VIEWS, load_split, to_sequences
 from .errors import GrunetError, expect
 from .fileio import write_json, write_text
-from .model import CELLS, ModelConfig, SequenceClassifier
+from .memory import expect_fits
+from .model import CELLS, MAX_LAYERS, ModelConfig, SequenceClassifier
 from .progress import Progress
+from .run_dir import RunLock, check_new, check_writable, make_new
+from .train_state import METRICS_FIELDS, Batches, check_progress, plain_rng_states, set_rng_states
 
-METRICS_FIELDS = ("step", "loss", "train_accuracy", "test_accuracy", "elapsed_s")
 CONFIG_VERSION = 1
 TRAIN_IMPLS = ("auto", "reference", "fused", "torch")  # "torch": torch.nn.GRU, the baseline
+MAX_SEED = 2**32 - 1  # NumPy's RandomState (the permutation, np.random) takes seeds below 2**32
+MAX_STEPS = 10**12  # years of training at any speed; a bound that keeps every count in int64
+MAX_THREADS = 4096
+MAX_LR = 10.0  # Adam steps of size lr: beyond this every weight is noise after one step
+# float32 bytes per parameter while training: the weight, its gradient and Adam's two moments
+TRAINING_BYTES_PER_PARAMETER = 4 * 4
 
 
 @dataclass
@@ -71,19 +81,29 @@ class TrainConfig:
     device: str = "cpu"
 
     def validate(self) -> "TrainConfig":
+        """Every setting in range before anything is loaded, built or written (one line naming the option)."""
         expect(self.dataset in DATASETS, "--dataset", f"one of {list(DATASETS)}", repr(self.dataset))
         expect(self.view in VIEWS, "--view", f"one of {list(VIEWS)}", repr(self.view))
         expect(self.cell in CELLS, "--cell", f"one of {list(CELLS)}", repr(self.cell))
         expect(self.impl in TRAIN_IMPLS, "--impl", f"one of {list(TRAIN_IMPLS)}", repr(self.impl))
-        for name in ("units", "layers", "steps", "batch_size", "eval_every", "eval_batch_size"):
-            value = getattr(self, name)
-            expect(isinstance(value, int) and value >= 1, f"--{name.replace('_', '-')}", "an integer >= 1", value)
-        expect(math.isfinite(self.lr) and self.lr > 0, "--lr", "a number > 0", self.lr)
-        expect(self.threads is None or self.threads >= 1, "--threads", "an integer >= 1", self.threads)
-        expect(self.device == "cpu" or self.device.startswith("cuda"), "--device", "'cpu' or 'cuda[:N]'",
-               repr(self.device))
+        limits = {"units": 2**31 - 1, "layers": MAX_LAYERS, "steps": MAX_STEPS, "batch_size": 2**31 - 1,
+                  "eval_every": MAX_STEPS, "eval_batch_size": 2**31 - 1}
+        for name, high in limits.items():
+            _expect_int(getattr(self, name), f"--{name.replace('_', '-')}", 1, high)
+        for name in ("seed", "permutation_seed"):
+            _expect_int(getattr(self, name), f"--{name.replace('_', '-')}", 0, MAX_SEED)
+        expect(isinstance(self.lr, (int, float)) and not isinstance(self.lr, bool) and math.isfinite(self.lr)
+               and 0 < self.lr <= MAX_LR, "--lr", f"a number > 0 and <= {MAX_LR:g}", self.lr)
+        if self.threads is not None:
+            _expect_int(self.threads, "--threads", 1, MAX_THREADS)
+        expect(isinstance(self.device, str) and (self.device == "cpu" or self.device.startswith("cuda")),
+               "--device", "'cpu' or 'cuda[:N]'", repr(self.device))
         if self.device.startswith("cuda"):
             expect(torch.cuda.is_available(), "--device", "a visible CUDA device", "none (torch sees no GPU)")
+        model = self.model_config(28 if self.view == "rows" else 1)  # the datasets' images are 28 x 28
+        parameters = model.parameter_count()
+        expect_fits(TRAINING_BYTES_PER_PARAMETER * parameters, "--units",
+                    f"{parameters:,} parameters ({self.layers} layers of {self.units} units) to train")
         return self
 
     def to_dict(self) -> dict:
@@ -102,51 +122,19 @@ class TrainConfig:
         return {"dataset": self.dataset, "view": self.view, "permutation_seed": self.permutation_seed}
 
 
+def _expect_int(value, what: str, low: int, high: int) -> None:
+    expect(isinstance(value, int) and not isinstance(value, bool) and low <= value <= high, what,
+           f"an integer from {low} to {high}", value)
+
+
 def config_differences(saved: TrainConfig, asked: dict) -> list[str]:
     """'name: run has X, command asks Y' for each asked setting that differs from the saved run's."""
     return [f"{name}: the run has {getattr(saved, name)!r}, the command asks {value!r}"
             for name, value in asked.items() if getattr(saved, name) != value]
 
 
-# ----------------------------------------------------------------------------------------------------
-class Batches:
-    """Consecutive slices of the training set, back to the start when the next slice would not fit;
-    with ``shuffle`` a new order (from its own generator) at every pass. Its state is part of a checkpoint."""
-
-    def __init__(self, n: int, batch_size: int, shuffle: bool, seed: int) -> None:
-        expect(batch_size <= n, "--batch-size", f"at most the training set's size {n}", batch_size)
-        self.n, self.batch_size, self.shuffle = n, batch_size, shuffle
-        self.generator = torch.Generator().manual_seed(seed + 1)
-        self.position, self.epoch = 0, 0
-        self.order = torch.randperm(n, generator=self.generator) if shuffle else None
-
-    def next_indices(self) -> torch.Tensor | slice:
-        if self.position + self.batch_size > self.n:
-            self.position, self.epoch = 0, self.epoch + 1
-            if self.shuffle:
-                self.order = torch.randperm(self.n, generator=self.generator)
-        start, self.position = self.position, self.position + self.batch_size
-        if self.order is None:
-            return slice(start, start + self.batch_size)
-        return self.order[start:start + self.batch_size]
-
-    def state_dict(self) -> dict:
-        return {"position": self.position, "epoch": self.epoch, "order": self.order,
-                "generator": self.generator.get_state()}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.position, self.epoch, self.order = state["position"], state["epoch"], state["order"]
-        self.generator.set_state(state["generator"])
-
-
 def rng_states() -> dict:
-    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
-
-
-def set_rng_states(states: dict) -> None:
-    torch.set_rng_state(states["torch"])
-    np.random.set_state(states["numpy"])
-    random.setstate(states["python"])
+    return plain_rng_states()
 
 
 @torch.no_grad()
@@ -160,7 +148,7 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
 
 
 class StopRequest:
-    """Turns SIGINT / SIGTERM into a flag that the loop checks after each step (main thread only)."""
+    """Turns SIGINT / SIGTERM into a flag that the loop checks between steps (main thread only)."""
 
     def __init__(self) -> None:
         self.signum: Optional[int] = None
@@ -194,27 +182,10 @@ class RunResult:
     out_dir: Path
 
 
-def prepare_out_dir(out: Path, resume: bool) -> None:
-    if resume:
-        expect((out / "config.json").is_file() and (out / "last.pt").is_file(), "--resume",
-               "a run directory holding config.json and last.pt", f"{out} without them")
-        return
-    if out.exists():
-        expect(out.is_dir(), "--out", "a directory (or a path to create)", f"{out}, which is a file")
-        expect(not (out / "config.json").exists(), "--out", "an empty or new directory",
-               f"{out}, which already holds a run (continue it with --resume {out}, or choose another --out)")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".grunet-write-test"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as e:
-        raise GrunetError(f"--out: expected a writable directory, got {out} ({e.strerror})") from None
-
-
 def load_data(config: TrainConfig) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     train_images, train_labels = load_split(config.dataset, "train", data_dir=config.data_dir)
     test_images, test_labels = load_split(config.dataset, "test", data_dir=config.data_dir)
+    expect(len(test_labels) >= 1, f"{config.dataset} test split", "at least one image", "none")
     seq = lambda images: to_sequences(images, config.view, permutation_seed=config.permutation_seed)  # noqa: E731
     return seq(train_images), torch.as_tensor(train_labels), seq(test_images), torch.as_tensor(test_labels)
 
@@ -227,6 +198,106 @@ def write_metrics(path: Path, rows: list[dict]) -> None:
     write_text(path, buffer.getvalue())
 
 
+def new_progress() -> dict:
+    """The run's progress as stored in checkpoints; window = [loss sum, correct, seen] since the last
+    scheduled evaluation."""
+    return {"step": 0, "rows": [], "window": [0.0, 0, 0], "best": -1.0, "elapsed": 0.0, "train_seconds": 0.0}
+
+
+@dataclass
+class Trainer:
+    """The pieces of one run that a checkpoint saves and restores."""
+
+    config: TrainConfig
+    out: Path
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    batches: Batches
+    progress: dict
+
+    def save(self, name: str) -> None:
+        save_checkpoint(self.out / name, self.model, data=self.config.data_info(),
+                        optimizer=self.optimizer.state_dict(), batches=self.batches.state_dict(),
+                        rng=rng_states(), progress=self.progress, config=self.config.to_dict())
+
+    def restore(self, path: Path) -> None:
+        """Everything from ``path`` (last.pt), each part checked against this run before it is used."""
+        ckpt = load_checkpoint(path)
+        expected = architecture_of(self.model)
+        expect(ckpt["architecture"] == expected, f"{path}", f"the architecture of the run's config.json "
+               f"({_short(expected)})", f"another one ({_short(ckpt['architecture'])})")
+        check_state_dict(self.model.state_dict(), ckpt["model"], str(path))
+        progress = check_progress(ckpt.get("progress"), f"{path} progress", MAX_STEPS)
+        load_optimizer_state(self.optimizer, ckpt.get("optimizer"), f"{path} optimizer")
+        self.batches.load_state_dict(ckpt.get("batches"), f"{path} batches")
+        set_rng_states(ckpt.get("rng"), str(path))
+        self.model.load_state_dict(ckpt["model"])
+        self.progress = progress
+
+
+def _short(architecture) -> str:
+    if not isinstance(architecture, dict) or not isinstance(architecture.get("config"), dict):
+        return repr(architecture)[:60]
+    c = architecture["config"]
+    return ", ".join(f"{k}={c[k]!r}" for k in ("cell", "hidden_size", "num_layers", "bidirectional", "reset_after",
+                                               "input_size") if k in c)
+
+
+def load_optimizer_state(optimizer: torch.optim.Optimizer, state, where: str) -> None:
+    """Adam's state_dict after checking that it belongs to these parameters (shapes, dtypes, settings)."""
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    expect(isinstance(state, dict) and isinstance(state.get("state"), dict)
+           and isinstance(state.get("param_groups"), list), where, "an optimizer state_dict", type(state).__name__)
+    groups = state["param_groups"]
+    expect(len(groups) == len(optimizer.param_groups) and all(isinstance(g, dict) for g in groups), where,
+           f"{len(optimizer.param_groups)} parameter groups", len(groups))
+    for g in groups:
+        for key in ("lr", "eps", "weight_decay"):
+            value = g.get(key)
+            expect(isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+                   and value >= 0, f"{where} {key}", "a finite number >= 0", repr(value))
+        betas = g.get("betas")
+        expect(isinstance(betas, (list, tuple)) and len(betas) == 2
+               and all(isinstance(b, float) and 0 <= b < 1 for b in betas), f"{where} betas",
+               "two floats in [0, 1)", repr(betas))
+    for key, s in state["state"].items():
+        expect(isinstance(key, int) and 0 <= key < len(params) and isinstance(s, dict), f"{where} state",
+               f"entries 0..{len(params) - 1} of dicts", repr(key))
+        for name in ("exp_avg", "exp_avg_sq"):
+            t, p = s.get(name), params[key]
+            expect(isinstance(t, torch.Tensor) and t.shape == p.shape and t.dtype == p.dtype,
+                   f"{where} state {key} {name}", f"a {p.dtype} tensor of shape {tuple(p.shape)}",
+                   f"{t.dtype} {tuple(t.shape)}" if isinstance(t, torch.Tensor) else type(t).__name__)
+        step = s.get("step")
+        expect(isinstance(step, torch.Tensor) and step.numel() == 1 and step.is_floating_point(),
+               f"{where} state {key} step", "a one-element float tensor", type(step).__name__)
+    try:
+        optimizer.load_state_dict(state)
+    except (ValueError, KeyError, TypeError, RuntimeError) as e:
+        raise GrunetError(f"{where}: expected a state Adam accepts, got one it refuses "
+                          f"({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+
+
+def read_config(out: Path) -> TrainConfig:
+    try:
+        saved = json.loads((out / "config.json").read_text())
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
+        raise GrunetError(f"{out / 'config.json'}: expected the run's settings as JSON, got {e}") from None
+    expect(isinstance(saved, dict), str(out / "config.json"), "a JSON object of settings", type(saved).__name__)
+    saved.pop("grunet_version", None)
+    saved.pop("config_version", None)
+    config = TrainConfig.from_dict(saved, where=str(out / "config.json"))
+    try:
+        return config.validate()
+    except GrunetError as e:  # name the file, not the option a command line would have had
+        raise GrunetError(f"{out / 'config.json'}: {e}") from None
+
+
+def write_config(out: Path, config: TrainConfig) -> None:
+    write_json(out / "config.json", {"grunet_version": __version__, "config_version": CONFIG_VERSION,
+                                     **config.to_dict()})
+
+
 def run(
     config: TrainConfig,
     out_dir: str | os.PathLike,
@@ -236,9 +307,19 @@ def run(
     progress: Optional[bool] = None,
     on_step: Optional[Callable[[int], None]] = None,
 ) -> RunResult:
-    """Train (or continue) the run in ``out_dir``. ``on_step(i)`` is called after each step (tests)."""
+    """Train (or continue) the run in ``out_dir``. ``on_step(i)`` is called after each step (tests).
+
+    With ``resume``, ``config`` is the run's config.json, except that ``steps`` may be larger than the
+    steps done (it extends the run; config.json records the new total)."""
     config.validate()
     out = Path(out_dir)
+    if resume:
+        saved = read_config(out)
+        differences = config_differences(saved, {k: v for k, v in config.to_dict().items() if k != "steps"})
+        expect(not differences, "--resume", "the run's settings", "; ".join(differences))
+        check_writable(out)
+    else:
+        check_new(out)  # fail before loading data; checked again under the lock
     if config.threads:
         torch.set_num_threads(config.threads)
     device = torch.device(config.device)
@@ -247,49 +328,86 @@ def run(
     x_test, y_test = x_test.to(device), y_test.to(device)
 
     torch.manual_seed(config.seed)
-    np.random.seed(config.seed % 2**32)
+    np.random.seed(config.seed)
     random.seed(config.seed)
     model = SequenceClassifier(config.model_config(x_train.shape[2]), impl=config.impl).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, fused=True)  # one kernel for all params
     batches = Batches(len(x_train), config.batch_size, config.shuffle, config.seed)
-    loss_fn = nn.CrossEntropyLoss()
-    prepare_out_dir(out, resume)  # only once the data and model are known to be good: no empty run left
-    state = {"step": 0, "rows": [], "window": [0.0, 0, 0], "best": -1.0, "elapsed": 0.0, "train_seconds": 0.0}
+    trainer = Trainer(config, out, model, optimizer, batches, new_progress())
+    if not resume:
+        make_new(out)  # only once the data and model are known to be good: no empty run left
+    with RunLock(out), StopRequest() as stop:
+        # signals from here on: one that comes before the first checkpoint still leaves a resumable run
+        # (before, there is no run to save and Ctrl-C stops a download or a build as usual)
+        if resume:
+            _continue(trainer, saved, print_fn)
+        else:
+            check_new(out)  # another process may have started a run here meanwhile
+            write_config(out, config)
+            from .params import summary
 
-    if resume:
-        ckpt = load_checkpoint(out / "last.pt")
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        batches.load_state_dict(ckpt["batches"])
-        set_rng_states(ckpt["rng"])
-        state = ckpt["progress"]
-        print_fn(f"resuming {out} at step {state['step']:,} of {config.steps:,}")
+            summary(model, (1, *x_train.shape[1:]), print_fn=print_fn)
+        return _train(trainer, (x_train, y_train, x_test, y_test), stop, print_fn, progress, on_step)
+
+
+def _continue(trainer: Trainer, saved: TrainConfig, print_fn: Callable[[str], None]) -> None:
+    """Restore last.pt (a run killed before its first checkpoint has none: it starts again from step 0) and
+    record a new total of steps, refusing one below the steps done."""
+    out, config = trainer.out, trainer.config
+    if (out / "last.pt").is_file():
+        trainer.restore(out / "last.pt")
+    done = trainer.progress["step"]
+    expect(config.steps >= done, "--steps", f"at least the {done:,} steps the run {out} has done", config.steps)
+    if config.steps != saved.steps:
+        write_config(out, config)
+    if (out / "last.pt").is_file():
+        print_fn(f"resuming {out} at step {done:,} of {config.steps:,}")
     else:
-        write_json(out / "config.json", {"grunet_version": __version__, "config_version": CONFIG_VERSION,
-                                         **config.to_dict()})
-        from .params import summary
+        print_fn(f"starting {out} from step 0: it holds no checkpoint yet")
 
-        summary(model, (1, *x_train.shape[1:]), print_fn=print_fn)
 
-    def checkpoint(name: str) -> None:
-        save_checkpoint(out / name, model, data=config.data_info(), optimizer=optimizer.state_dict(),
-                        batches=batches.state_dict(), rng=rng_states(), progress=state, config=config.to_dict())
+def _train(trainer: Trainer, data, stop: StopRequest, print_fn, progress, on_step) -> RunResult:
+    config, out, model, state = trainer.config, trainer.out, trainer.model, trainer.progress
+    x_train, y_train, x_test, y_test = data
+    loss_fn = nn.CrossEntropyLoss()
+
+    def record(i: int, scheduled: bool) -> None:
+        """Evaluate after step i: a row of metrics.csv, last.pt, and best.pt when it is the best so far. The
+        final, off-schedule row keeps the loss window: a run extended later goes on exactly as one that never
+        stopped."""
+        accuracy, _ = evaluate(model, x_test, y_test, config.eval_batch_size)
+        window = state["window"]
+        row = {"step": i, "loss": f"{window[0] / max(window[2], 1):.6f}",
+               "train_accuracy": f"{window[1] / max(window[2], 1):.6f}", "test_accuracy": f"{accuracy:.6f}",
+               "elapsed_s": f"{state['elapsed']:.3f}"}
+        state["rows"].append(row)
+        if scheduled:
+            state["window"] = [0.0, 0, 0]
+        improved = float(row["test_accuracy"]) > state["best"]  # as metrics.csv has it: best.pt is its best row
+        state["best"] = max(state["best"], float(row["test_accuracy"]))
+        trainer.save("last.pt")
+        if improved:
+            trainer.save("best.pt")
+        write_metrics(out / "metrics.csv", state["rows"])
+        bar.write(f"step {i:>6}  loss {row['loss'][:6]}  train {row['train_accuracy'][:6]}  "
+                  f"accuracy: {accuracy:.4f}")
 
     start_step, t0 = state["step"], time.perf_counter()
     elapsed0 = state["elapsed"]
     bar = Progress(total=config.steps, initial=start_step, enabled=progress, print_fn=print_fn)
-    exit_code = 0
     model.train()
-    with StopRequest() as stop, bar:
+    with bar:
         for i in range(start_step, config.steps):
+            if stop.signum is not None:
+                break
             t_step = time.perf_counter()
-            idx = batches.next_indices()
+            idx = trainer.batches.next_indices()
             xb, yb = x_train[idx], y_train[idx]
             logits = model(xb)
             loss = loss_fn(logits, yb)
-            optimizer.zero_grad(set_to_none=True)
+            trainer.optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            optimizer.step()
+            trainer.optimizer.step()
             window = state["window"]
             window[0] += loss.item() * len(yb)
             window[1] += int((logits.argmax(1) == yb).sum())
@@ -298,67 +416,52 @@ def run(
             state["train_seconds"] += time.perf_counter() - t_step
             state["elapsed"] = elapsed0 + time.perf_counter() - t0
             if i % config.eval_every == 0:
-                accuracy, _ = evaluate(model, x_test, y_test, config.eval_batch_size)
-                row = {"step": i, "loss": f"{window[0] / window[2]:.6f}",
-                       "train_accuracy": f"{window[1] / window[2]:.6f}", "test_accuracy": f"{accuracy:.6f}",
-                       "elapsed_s": f"{state['elapsed']:.3f}"}
-                state["rows"].append(row)
-                state["window"] = [0.0, 0, 0]
-                improved = accuracy > state["best"]
-                state["best"] = max(state["best"], accuracy)
-                checkpoint("last.pt")
-                if improved:
-                    checkpoint("best.pt")
-                write_metrics(out / "metrics.csv", state["rows"])
-                bar.write(f"step {i:>6}  loss {row['loss'][:6]}  train {row['train_accuracy'][:6]}  "
-                          f"accuracy: {accuracy:.4f}")
+                record(i, scheduled=True)
             samples_per_s = state["step"] * config.batch_size / max(state["train_seconds"], 1e-9)
             bar.update(loss=loss.item(), accuracy=state["best"] if state["rows"] else None,
                        samples_per_s=samples_per_s)
             if on_step is not None:
                 on_step(i)
-            if stop.signum is not None:
-                checkpoint("last.pt")
-                write_metrics(out / "metrics.csv", state["rows"])
-                name = signal.Signals(stop.signum).name
-                exit_code = 128 + stop.signum
-                break
-    if exit_code:
-        print_fn(f"stopped by {name} after step {state['step']:,} of {config.steps:,}; the checkpoint "
-                 f"{out / 'last.pt'} is intact. Resume with: grunet train --resume {out}")
-        return RunResult(exit_code, None, out)
-    checkpoint("last.pt")
-    write_metrics(out / "metrics.csv", state["rows"])
-    final_accuracy, _ = evaluate(model, x_test, y_test, config.eval_batch_size)
+        if stop.signum is not None and state["step"] < config.steps:
+            trainer.save("last.pt")
+            write_metrics(out / "metrics.csv", state["rows"])
+            name = signal.Signals(stop.signum).name
+            print_fn(f"stopped by {name} after step {state['step']:,} of {config.steps:,}; the checkpoint "
+                     f"{out / 'last.pt'} is intact. Resume with: grunet train --resume {out}")
+            return RunResult(128 + stop.signum, None, out)
+        rows = state["rows"]
+        if not rows or int(rows[-1]["step"]) != state["step"] - 1:  # the final weights are always a row
+            record(state["step"] - 1, scheduled=False)
+        else:
+            trainer.save("last.pt")
+            write_metrics(out / "metrics.csv", rows)
+    return _finish(trainer, len(x_train), len(x_test), print_fn)
+
+
+def _finish(trainer: Trainer, train_size: int, test_size: int, print_fn) -> RunResult:
+    """summary.json and the done line, both read from metrics.csv's rows."""
+    config, out, state = trainer.config, trainer.out, trainer.progress
     rows = state["rows"]
-    best_row = max(rows, key=lambda r: float(r["test_accuracy"])) if rows else None
+    best_row = max(rows, key=lambda r: float(r["test_accuracy"]))  # the first of equals, as best.pt
     result = {
-        "final_test_accuracy": final_accuracy,
-        "best_test_accuracy": float(best_row["test_accuracy"]) if best_row else None,
-        "best_step": int(best_row["step"]) if best_row else None,
-        "last_eval_test_accuracy": float(rows[-1]["test_accuracy"]) if rows else None,
+        "final_test_accuracy": float(rows[-1]["test_accuracy"]),
+        "best_test_accuracy": float(best_row["test_accuracy"]),
+        "best_step": int(best_row["step"]),
+        "last_eval_test_accuracy": float(rows[-1]["test_accuracy"]),
         "steps": state["step"],
         "seconds": round(state["elapsed"], 3),
         "train_seconds": round(state["train_seconds"], 3),
         "samples_per_s": round(state["step"] * config.batch_size / max(state["train_seconds"], 1e-9), 1),
-        "parameters": sum(p.numel() for p in model.parameters()),
-        "train_size": len(x_train),
-        "test_size": len(x_test),
+        "parameters": sum(p.numel() for p in trainer.model.parameters()),
+        "train_size": train_size,
+        "test_size": test_size,
         "torch_version": torch.__version__,
         "threads": torch.get_num_threads(),
     }
     write_json(out / "summary.json", result)
-    print_fn(f"done: {state['step']:,} steps in {state['elapsed']:.1f} s; final test accuracy {final_accuracy:.4f}, "
-             f"best {result['best_test_accuracy']:.4f} at step {result['best_step']}; run in {out}")
+    print_fn(f"done: {state['step']:,} steps in {state['elapsed']:.1f} s; final test accuracy "
+             f"{result['final_test_accuracy']:.4f}, best {result['best_test_accuracy']:.4f} at step "
+             f"{result['best_step']}; run in {out}")
     return RunResult(0, result, out)
 
-
-def read_config(out: Path) -> TrainConfig:
-    try:
-        saved = json.loads((out / "config.json").read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise GrunetError(f"{out / 'config.json'}: expected the run's settings as JSON, got {e}") from None
-    saved.pop("grunet_version", None)
-    saved.pop("config_version", None)
-    return TrainConfig.from_dict(saved, where=str(out / "config.json"))
 

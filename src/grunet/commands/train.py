@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import argparse
-import json
+import math
 import os
 import time
 from dataclasses import fields
@@ -11,8 +11,7 @@ from pathlib import Path
 from ..data import DATASETS, VIEWS
 from ..errors import GrunetError
 from ..model import CELLS
-from ..fileio import write_json
-from ..train import TrainConfig, config_differences, read_config
+from ..train import MAX_STEPS, TrainConfig, config_differences, read_config
 from ..train import run as train_run
 
 DEFAULTS = TrainConfig()
@@ -81,21 +80,21 @@ def run(args: argparse.Namespace) -> int:
         if differences:
             raise GrunetError("--resume: options differ from the run's config.json: " + "; ".join(differences)
                               + " (only --steps may change)")
-        if new_steps is not None and new_steps != config.steps:  # record the new total before training on
+        if new_steps is not None:  # the trainer checks it against the steps done, then records it
             config.steps = new_steps
-            config.validate()
-            saved = json.loads((out / "config.json").read_text())
-            saved["steps"] = new_steps
-            write_json(out / "config.json", saved)
     else:
-        config = TrainConfig(**asked)
+        config = TrainConfig(**asked).validate()  # every option in range before anything is read or made
         if args.epochs is not None:
             from ..data import load_split
 
-            if not args.epochs > 0:
-                raise GrunetError(f"--epochs: expected a number > 0, got {args.epochs}")
+            if not (math.isfinite(args.epochs) and args.epochs > 0):
+                raise GrunetError(f"--epochs: expected a finite number > 0, got {args.epochs}")
             n = len(load_split(config.dataset, "train", data_dir=config.data_dir)[1])
-            config.steps = max(1, round(args.epochs * (n // config.batch_size)))
+            steps = round(args.epochs * (n // config.batch_size))
+            if steps > MAX_STEPS:
+                raise GrunetError(f"--epochs: expected at most {MAX_STEPS:,} steps' worth, got {args.epochs} "
+                                  f"({steps:.3g} steps of {config.batch_size})")
+            config.steps = max(1, steps)
         out = Path(args.out or f"runs/{time.strftime('%Y%m%d-%H%M%S')}-{config.dataset}")
     progress = {"auto": None, "bar": True, "lines": False}[args.progress]
     result = train_run(config, out, resume=bool(args.resume), progress=progress)
