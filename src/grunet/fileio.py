@@ -11,6 +11,7 @@ the writer's pid, ``.NAME.PID.RANDOM.tmp``, and the next write of NAME removes t
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import tempfile
@@ -18,6 +19,10 @@ from pathlib import Path
 from typing import IO, Iterator
 
 from .errors import os_error
+
+# what writing, flushing or renaming the file itself can fail with (a full disk, a read-only file system ...)
+WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO,
+                          errno.EFBIG, errno.ENOENT, errno.EISDIR, errno.ENOTDIR, errno.EXDEV})
 
 
 def _process_alive(pid: int) -> bool:
@@ -77,8 +82,8 @@ def atomic_open(path: str | os.PathLike, mode: str = "w", **kwargs) -> Iterator[
     except OSError as e:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
-        if e.filename not in (None, tmp, os.fspath(path)):
-            raise  # an error reading some other file inside the with-block: not ours to rename
+        if e.errno not in WRITE_ERRNOS or e.filename not in (None, tmp, os.fspath(path)):
+            raise  # not a failure to write this file (a network error, a read of another file): not ours to rename
         raise os_error(path, "write the file", e) from None
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
