@@ -72,6 +72,11 @@ def get(d: dict, key: str, types, what: str, default=_MISSING):
     return value
 
 
+def _label(value) -> str:
+    """A class name as written when it is plain text, else its repr (one line, bounded)."""
+    return value if isinstance(value, str) and value.isprintable() and len(value) <= 80 else _short(value)
+
+
 def _class(entry, what: str = "Keras layer") -> str:
     expect(isinstance(entry, dict), what, "a dict with 'class_name' and 'config'", type(entry).__name__)
     return get(entry, "class_name", str, what)
@@ -105,7 +110,7 @@ def _name(entry: dict) -> str:
 
 
 def _what(entry: dict) -> str:
-    return f"layer {_name(entry)!r} ({entry.get('class_name', '?')})"
+    return f"layer {_name(entry)!r} ({_label(entry.get('class_name', '?'))})"
 
 
 def _dim(v, where: str) -> Optional[int]:
@@ -254,7 +259,7 @@ def layer_spec(entry: dict, major: Optional[int]) -> LayerSpec:
             expect(v >= 1, f"{what} {key}", "an integer >= 1", v)
         return EmbeddingSpec(name=name, input_dim=dims[0], output_dim=dims[1],
                              mask_zero=get(cfg, "mask_zero", bool, what, False))
-    raise GrunetError(f"{what}: expected one of the supported layers ({SUPPORTED}), got {cls} "
+    raise GrunetError(f"{what}: expected one of the supported layers ({SUPPORTED}), got {_label(cls)} "
                       "(unsupported layers are refused, never skipped)")
 
 
