@@ -6,10 +6,10 @@ Keras 3 models (real Keras, seeded random weights, biases included so a z/r swap
     <name>.keras + <name>.npz {x, y}: y = Keras's own model.predict(x)
     also hard_sigmoid.h5 (Keras 3's legacy model.save("x.h5")) and bidirectional.weights.h5 (save_weights)
     unsupported_lstm.keras, unsupported_conv1d.keras: layers grunet must refuse
-Keras 2 full-model .h5 files, written here with h5py in the Keras 2 layout (Keras cannot write them any
-more), their y computed with numpy from the equations (Keras 2 hard_sigmoid = clip(0.2 x + 0.5, 0, 1)):
-    keras2_hard_sigmoid.h5   Keras 2.2.4-style Sequential, GRU reset-before with hard_sigmoid -> Dense softmax
-    keras2_bidirectional.h5  tf.keras 2.4-style functional Model, Bidirectional(GRU reset-after) -> Dense
+The models of keras_fixture_models.py (Activation, Dropout, SpatialDropout1D, Flatten, Masking, Embedding,
+Bidirectional merge modes; the tutorial's GRU -> Dense -> Activation): <name>.keras + <name>.npz, y = Keras's
+model(x, training=False). ``--layers`` remakes only these.
+Keras 2 files are made with real Keras 2 by make_keras2_fixtures.py.
 The numpy forward pass below reads Keras's own layouts (kernel columns z | r | h) and is independent of grunet;
 every Keras 3 model's predict() is checked against it too.
 """
@@ -142,104 +142,30 @@ def keras3_fixtures(rng):
 
 
 # ----------------------------------------------------------------------------------------------------
-# Keras 2 files, by hand
-def _initializer(name):
-    return {"class_name": name, "config": {"seed": None} if name != "Zeros" else {}}
+def keras3_layer_fixtures(rng):
+    """The models of keras_fixture_models.py (Activation, Dropout, Flatten, Masking, Embedding, merge modes):
+    <name>.keras + <name>.npz {x, y}, y = Keras's own model(x, training=False)."""
+    import keras
 
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from keras_fixture_models import inputs, models, seed_weights
 
-def _k2_gru(name, units, reset_after, rec, return_sequences, batch_input_shape=None):
-    c = {"name": name, "trainable": True, "dtype": "float32", "return_sequences": return_sequences,
-         "return_state": False, "go_backwards": False, "stateful": False, "unroll": False, "units": units,
-         "activation": "tanh", "recurrent_activation": rec, "use_bias": True,
-         "kernel_initializer": {"class_name": "VarianceScaling", "config": {"scale": 1.0, "mode": "fan_avg",
-                                                                            "distribution": "uniform", "seed": None}},
-         "recurrent_initializer": {"class_name": "Orthogonal", "config": {"gain": 1.0, "seed": None}},
-         "bias_initializer": _initializer("Zeros"), "kernel_regularizer": None, "recurrent_regularizer": None,
-         "bias_regularizer": None, "activity_regularizer": None, "kernel_constraint": None,
-         "recurrent_constraint": None, "bias_constraint": None, "dropout": 0.0, "recurrent_dropout": 0.0,
-         "implementation": 2 if reset_after else 1, "reset_after": reset_after}
-    if batch_input_shape:
-        c["batch_input_shape"] = batch_input_shape
-    return c
-
-
-def _k2_dense(name, units, activation):
-    return {"name": name, "trainable": True, "dtype": "float32", "units": units, "activation": activation,
-            "use_bias": True, "kernel_initializer": _initializer("GlorotUniform"), "bias_initializer": _initializer("Zeros"),
-            "kernel_regularizer": None, "bias_regularizer": None, "activity_regularizer": None,
-            "kernel_constraint": None, "bias_constraint": None}
-
-
-def _write_keras2(path, version, config, layer_weights):
-    """layer_weights: [(layer name, [(weight name, array)])] in model order."""
-    import h5py
-
-    with h5py.File(path, "w") as f:
-        f.attrs["keras_version"] = version.encode()
-        f.attrs["backend"] = b"tensorflow"
-        f.attrs["model_config"] = json.dumps(config).encode()
-        g = f.create_group("model_weights")
-        g.attrs["layer_names"] = np.array([n.encode() for n, _ in layer_weights])
-        g.attrs["backend"] = b"tensorflow"
-        g.attrs["keras_version"] = version.encode()
-        for name, weights in layer_weights:
-            lg = g.create_group(name)
-            lg.attrs["weight_names"] = np.array([w.encode() for w, _ in weights])
-            for wname, a in weights:
-                lg.create_dataset(wname, data=a.astype(np.float32))
-
-
-def keras2_fixtures(rng):
-    def normal(*shape):
-        return (rng.normal(size=shape) * 0.6).astype(np.float32)
-
-    # 1. Keras 2.2.4 Sequential: GRU(6) reset-before, hard_sigmoid (= 0.2x + 0.5) -> Dense(4, softmax)
-    T, I, U, C = 8, 5, 6, 4
-    k, rk, b, dk, db = normal(I, 3 * U), normal(U, 3 * U), normal(3 * U), normal(U, C), normal(C)
-    config = {"class_name": "Sequential", "config": {"name": "sequential_1", "layers": [
-        {"class_name": "GRU", "config": _k2_gru("gru_1", U, False, "hard_sigmoid", False, [None, T, I])},
-        {"class_name": "Dense", "config": _k2_dense("dense_1", C, "softmax")}]}}
-    _write_keras2(OUT / "keras2_hard_sigmoid.h5", "2.2.4", config, [
-        ("gru_1", [("gru_1/kernel:0", k), ("gru_1/recurrent_kernel:0", rk), ("gru_1/bias:0", b)]),
-        ("dense_1", [("dense_1/kernel:0", dk), ("dense_1/bias:0", db)])])
-    x = rng.normal(size=(3, T, I)).astype(np.float32)
-    y = np_forward([("gru", {"reset_after": False, "sigma": "hard_sigmoid_keras2", "return_sequences": False}, [k, rk, b]),
-                    ("dense", {"activation": "softmax"}, [dk, db])], x)
-    np.savez(OUT / "keras2_hard_sigmoid.npz", x=x, y=y.astype(np.float32))
-
-    # 2. tf.keras 2.4 functional Model: Input -> Bidirectional(GRU(4) reset-after) -> Dense(3)
-    T, I, U, C = 6, 3, 4, 3
-    fw = [normal(I, 3 * U), normal(U, 3 * U), normal(2, 3 * U)]
-    bw = [normal(I, 3 * U), normal(U, 3 * U), normal(2, 3 * U)]
-    dk, db = normal(2 * U, C), normal(C)
-    config = {"class_name": "Model", "config": {"name": "model", "layers": [
-        {"class_name": "InputLayer", "config": {"batch_input_shape": [None, T, I], "dtype": "float32",
-                                                "sparse": False, "ragged": False, "name": "input_1"},
-         "name": "input_1", "inbound_nodes": []},
-        {"class_name": "Bidirectional", "config": {"name": "bidirectional", "trainable": True, "dtype": "float32",
-                                                   "layer": {"class_name": "GRU", "config": _k2_gru("gru", U, True, "sigmoid", False)},
-                                                   "merge_mode": "concat"},
-         "name": "bidirectional", "inbound_nodes": [[["input_1", 0, 0, {}]]]},
-        {"class_name": "Dense", "config": _k2_dense("dense", C, "linear"), "name": "dense",
-         "inbound_nodes": [[["bidirectional", 0, 0, {}]]]}],
-        "input_layers": [["input_1", 0, 0]], "output_layers": [["dense", 0, 0]]}}
-    names = ["kernel", "recurrent_kernel", "bias"]
-    _write_keras2(OUT / "keras2_bidirectional.h5", "2.4.0", config, [
-        ("input_1", []),
-        ("bidirectional", [(f"bidirectional/{d}_gru/gru_cell_{i}/{n}:0", a)
-                           for d, i, ws in (("forward", 1, fw), ("backward", 2, bw)) for n, a in zip(names, ws)]),
-        ("dense", [("dense/kernel:0", dk), ("dense/bias:0", db)])])
-    x = rng.normal(size=(3, T, I)).astype(np.float32)
-    y = np_forward([("bigru", {"reset_after": True, "sigma": "sigmoid", "return_sequences": False}, fw + bw),
-                    ("dense", {"activation": "linear"}, [dk, db])], x)
-    np.savez(OUT / "keras2_bidirectional.npz", x=x, y=y.astype(np.float32))
+    for name, model in models(keras, 3).items():
+        seed_weights(model, rng)
+        x = inputs(name, model, rng)
+        y = np.asarray(keras.ops.convert_to_numpy(model(x, training=False)))
+        model.save(OUT / f"{name}.keras")
+        np.savez(OUT / f"{name}.npz", x=x, y=y)
+        print(f"{name}.keras: x {x.shape} -> y {y.shape}")
+    return keras.__version__
 
 
 def main() -> int:
     OUT.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(20261126)
-    version = keras3_fixtures(rng)
-    keras2_fixtures(rng)
+    only_layers = sys.argv[1:] == ["--layers"]  # remake only the layer fixtures (the others stay byte-equal)
+    version = keras3_fixtures(rng) if not only_layers else None
+    version = keras3_layer_fixtures(np.random.default_rng(20261130)) or version
     (OUT / "VERSIONS.txt").write_text(f"Keras {version} (backend {os.environ['KERAS_BACKEND']}), numpy {np.__version__}\n")
     print(f"wrote {OUT}")
     return 0

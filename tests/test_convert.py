@@ -1,8 +1,8 @@
 """grunet.convert: Keras files in and out, torch.nn.GRU state dicts, ONNX export, and `grunet convert/export`.
 
-Fixtures (tests/fixtures/keras/, made by scripts/make_keras_fixtures.py): Keras 3 files written by real Keras with
-Keras's own outputs on fixed inputs, and Keras 2 full-model .h5 files written in the Keras 2 layout with outputs
-computed by numpy from the equations. Where keras is importable, files grunet writes are also loaded in Keras.
+Fixtures (tests/fixtures/keras/): Keras 3 files written by real Keras (scripts/make_keras_fixtures.py) and Keras 2
+files written by real tf-keras (scripts/make_keras2_fixtures.py), each with Keras's own outputs on fixed inputs.
+Where keras is importable, files grunet writes are also loaded in Keras.
 """
 from __future__ import annotations
 

@@ -132,5 +132,15 @@ class SequenceClassifier(nn.Module):
         return (None, self.config.input_size)
 
     @torch.no_grad()
-    def predict_proba(self, x: Tensor) -> Tensor:
-        return torch.softmax(self(x), dim=1)
+    def predict_proba(self, x) -> Tensor:
+        """Class probabilities; ``x`` a tensor, or a NumPy array as Keras users pass it (any float dtype,
+        converted to the model's), for which a NumPy array comes back."""
+        if isinstance(x, Tensor):
+            return torch.softmax(self(x), dim=1)
+        import numpy as np
+
+        expect(isinstance(x, (np.ndarray, list, tuple)), "x", "a tensor or a NumPy array", type(x).__name__)
+        a = np.asarray(x)
+        expect(a.dtype.kind in "fiub", "x", "a numeric array", f"dtype {a.dtype}")
+        dtype = self.dense.weight.dtype
+        return torch.softmax(self(torch.from_numpy(np.ascontiguousarray(a)).to(dtype)), dim=1).cpu().numpy()

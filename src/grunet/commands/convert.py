@@ -9,7 +9,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..errors import GrunetError
+from ..convert.onnx_export import OPSET, OPSET_MAX, OPSET_MIN
+from ..errors import GrunetError, expect
 
 READS = (".keras", ".weights.h5", ".h5", ".pt")
 WRITES = (".pt", ".keras", ".h5", ".onnx")
@@ -33,6 +34,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--keras-version", default=None, metavar="V",
                    help="Keras version that wrote IN ('2' or '3'): decides what hard_sigmoid means "
                         "(default: read from the file)")
+    p.add_argument("--opset", type=int, default=OPSET,
+                   help=f"ONNX opset when OUT is .onnx, {OPSET_MIN} to {OPSET_MAX} (default {OPSET})")
 
 
 def load(path: str, architecture=None, keras_version=None):
@@ -45,7 +48,7 @@ def load(path: str, architecture=None, keras_version=None):
     return from_keras(path, architecture=architecture, keras_version=keras_version)
 
 
-def save(model, path: str) -> str:
+def save(model, path: str, opset: int = OPSET) -> str:
     from ..checkpoint import save_checkpoint
     from ..convert import export_onnx, to_keras, to_keras_h5
 
@@ -60,7 +63,7 @@ def save(model, path: str) -> str:
     if fmt == ".h5":
         to_keras_h5(model, path)
         return "Keras 2 full-model HDF5"
-    export_onnx(model, path)
+    export_onnx(model, path, opset=opset)
     return "ONNX model"
 
 
@@ -68,8 +71,10 @@ def run(args: argparse.Namespace) -> int:
     if Path(args.output).resolve() == Path(args.input).resolve():
         raise GrunetError(f"OUT {args.output}: expected a path other than IN, got the same file")
     _format(args.output, WRITES, "OUT")  # fail before reading anything
+    expect(OPSET_MIN <= args.opset <= OPSET_MAX, "--opset",
+           f"an integer from {OPSET_MIN} to {OPSET_MAX} (the opsets the exporter supports)", args.opset)
     model = load(args.input, args.architecture, args.keras_version)
-    kind = save(model, args.output)
+    kind = save(model, args.output, args.opset)
     n = sum(p.numel() for p in model.parameters())
     print(f"wrote {args.output} ({kind}, {type(model).__name__}, {n:,} parameters, outputs {model.output_kind})")
     return 0

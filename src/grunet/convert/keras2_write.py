@@ -5,7 +5,8 @@ Layout (tf.keras 2.4-2.15, as TensorFlow's Keras 2 wrote it):
                       whose first entry is an InputLayer with batch_input_shape [null, T, I])
     model_weights     attrs layer_names, keras_version, backend
       <layer>         attr weight_names, e.g. ["gru/kernel:0", "gru/recurrent_kernel:0", "gru/bias:0"];
-                      Bidirectional: "<name>/forward_<name>/kernel:0", ... then the backward ones
+                      Bidirectional: "<name>/forward_<name>/kernel:0", ... then the backward ones;
+                      Embedding: ["<name>/embeddings:0"]; layers without weights: an empty list
         <weight name> the dataset (Keras layout, layout.torch_to_keras)
 In Keras 2, hard_sigmoid is clip(0.2x + 0.5, 0, 1): hard_sigmoid_keras3 (x/6 + 0.5) has no Keras 2 form and is
 refused. Note that Keras 3 reading this file would apply its own hard_sigmoid formula.
@@ -23,8 +24,8 @@ from torch import nn
 from ..errors import GrunetError
 from ..fileio import write_bytes
 from .keras_read import _h5py
-from .keras_write import keras_arrays
-from .stack import GRUSpec, StackModel, as_stack
+from .keras_write import keras_arrays, keras_class, simple_config
+from .stack import DenseSpec, EmbeddingSpec, GRUSpec, StackModel, as_stack
 
 KERAS2_VERSION = "2.4.0"
 KERAS2_ACTIVATIONS = {"sigmoid": "sigmoid", "hard_sigmoid_keras2": "hard_sigmoid"}
@@ -47,19 +48,21 @@ def keras2_config(stack: StackModel) -> dict:
     for spec in stack.specs:
         if isinstance(spec, GRUSpec) and spec.bidirectional:
             entry = {"class_name": "Bidirectional", "config": {
-                "name": spec.name, "trainable": True, "dtype": "float32", "merge_mode": "concat",
+                "name": spec.name, "trainable": True, "dtype": "float32", "merge_mode": spec.merge_mode,
                 "layer": {"class_name": "GRU", "config": _gru_config(spec, spec.name)}}}
         elif isinstance(spec, GRUSpec):
             entry = {"class_name": "GRU", "config": _gru_config(spec, spec.name)}
         else:
-            entry = {"class_name": "Dense", "config": {"name": spec.name, "trainable": True, "dtype": "float32",
-                                                       "units": spec.units, "activation": spec.activation,
-                                                       "use_bias": spec.use_bias}}
+            config = simple_config(spec)
+            if isinstance(spec, EmbeddingSpec):
+                config["input_length"] = stack.input_shape[0]
+            entry = {"class_name": keras_class(spec), "config": config}
         layers.append(entry)
     steps, features = stack.input_shape
-    layers.insert(0, {"class_name": "InputLayer", "config": {"batch_input_shape": [None, steps, features],
-                                                             "dtype": "float32", "sparse": False, "ragged": False,
-                                                             "name": "input_1"}})
+    ids = isinstance(stack.specs[0], EmbeddingSpec)
+    layers.insert(0, {"class_name": "InputLayer", "config": {
+        "batch_input_shape": [None, steps] if ids else [None, steps, features], "dtype": "int32" if ids else "float32",
+        "sparse": False, "ragged": False, "name": "input_1"}})
     return {"class_name": "Sequential", "config": {"name": "sequential", "layers": layers}}
 
 
@@ -69,7 +72,9 @@ def _weight_names(spec) -> list[str]:
         if spec.bidirectional:
             return [f"{spec.name}/{d}_{spec.name}/{w}:0" for d in ("forward", "backward") for w in own]
         return [f"{spec.name}/{w}:0" for w in own]
-    return [f"{spec.name}/{w}:0" for w in (["kernel", "bias"] if spec.use_bias else ["kernel"])]
+    if isinstance(spec, DenseSpec):
+        return [f"{spec.name}/{w}:0" for w in (["kernel", "bias"] if spec.use_bias else ["kernel"])]
+    return [f"{spec.name}/embeddings:0"] if isinstance(spec, EmbeddingSpec) else []
 
 
 def to_keras_h5(model: nn.Module, path: Union[str, os.PathLike]) -> None:
@@ -89,7 +94,8 @@ def to_keras_h5(model: nn.Module, path: Union[str, os.PathLike]) -> None:
         for spec, arrays in zip(stack.specs, keras_arrays(stack)):
             lg = g.create_group(spec.name)
             names = _weight_names(spec)
-            lg.attrs["weight_names"] = np.array([n.encode() for n in names])
+            # Keras 2 writes an empty list of names as an empty float array
+            lg.attrs["weight_names"] = np.array([n.encode() for n in names]) if names else np.zeros(0)
             for n, a in zip(names, arrays):
                 lg.create_dataset(n, data=np.ascontiguousarray(a, dtype=np.float32))
     write_bytes(path, buffer.getvalue())

@@ -2,11 +2,14 @@
 
 The archive is what ``keras.saving.load_model`` reads: a zip holding
     metadata.json      {"keras_version": "3.0.0", "date_saved": ..., "writer": "grunet ..."}
-    config.json        a Sequential model: InputLayer(batch_shape (None, T, I)), GRU / Bidirectional(GRU) /
-                       Dense layers with the StackModel's settings
+    config.json        a Sequential model: InputLayer(batch_shape (None, T, I), or (None, T) int32 ids before an
+                       Embedding), then each layer with the StackModel's settings (keras_class: GRU,
+                       Bidirectional(GRU) with its merge_mode, Dense, Activation, Dropout, SpatialDropout1D,
+                       Flatten, Masking, Embedding)
     model.weights.h5   Keras 3's layout, layers addressed by position (see keras_config):
-                       layers/<key>/vars (name attr), layers/<key>/cell/vars/{0,1,2}, layers/<key>/{forward,
-                       backward}_layer/..., layers/<key>/vars/{0,1} for Dense; vars (name attr) at the root
+                       layers/<key>/vars (name attr; a group for every layer, empty for those without
+                       weights), layers/<key>/cell/vars/{0,1,2}, layers/<key>/{forward,backward}_layer/...,
+                       layers/<key>/vars/{0,1} for Dense, layers/<key>/vars/0 for Embedding; vars at the root
 Weights go through layout.torch_to_keras (a permutation: exact). hard_sigmoid_keras2 has no Keras 3 form
 (Keras 3's hard_sigmoid is x/6 + 0.5), so such a model is refused here; to_keras_h5 writes it for Keras 2.
 """
@@ -28,9 +31,38 @@ from ..fileio import atomic_open
 from .keras_config import _positional_keys
 from .keras_read import _h5py
 from .layout import torch_to_keras
-from .stack import DenseSpec, GRUSpec, StackModel, as_stack
+from .stack import (ActivationSpec, DenseSpec, DropoutSpec, EmbeddingSpec, FlattenSpec, GRUSpec, LayerSpec,
+                    MaskingSpec, StackModel, as_stack)
 
 KERAS3_ACTIVATIONS = {"sigmoid": "sigmoid", "hard_sigmoid_keras3": "hard_sigmoid"}
+
+
+def keras_class(spec: LayerSpec) -> str:
+    """The Keras class that ``spec`` stands for."""
+    if isinstance(spec, GRUSpec):
+        return "Bidirectional" if spec.bidirectional else "GRU"
+    if isinstance(spec, DropoutSpec):
+        return "SpatialDropout1D" if spec.spatial else "Dropout"
+    return {DenseSpec: "Dense", ActivationSpec: "Activation", FlattenSpec: "Flatten", MaskingSpec: "Masking",
+            EmbeddingSpec: "Embedding"}[type(spec)]
+
+
+def simple_config(spec: LayerSpec) -> dict:
+    """The Keras config of a layer other than GRU and Bidirectional (the same keys in Keras 2 and 3)."""
+    base = {"name": spec.name, "trainable": True, "dtype": "float32"}
+    if isinstance(spec, DenseSpec):
+        return {**base, "units": spec.units, "activation": spec.activation, "use_bias": spec.use_bias}
+    if isinstance(spec, ActivationSpec):
+        return {**base, "activation": spec.activation}
+    if isinstance(spec, DropoutSpec):  # Keras 3's SpatialDropout1D takes no 'trainable'
+        if spec.spatial:
+            return {"name": spec.name, "dtype": "float32", "rate": spec.rate, "seed": None}
+        return {**base, "rate": spec.rate, "seed": None, "noise_shape": None}
+    if isinstance(spec, FlattenSpec):
+        return {**base, "data_format": "channels_last"}
+    if isinstance(spec, MaskingSpec):
+        return {**base, "mask_value": spec.mask_value}
+    return {**base, "input_dim": spec.input_dim, "output_dim": spec.output_dim, "mask_zero": spec.mask_zero}
 
 
 def keras_arrays(stack: StackModel) -> list[list[np.ndarray]]:
@@ -44,11 +76,15 @@ def keras_arrays(stack: StackModel) -> list[list[np.ndarray]]:
                                           for t in layer.layer_weights(0, suffix))
                 arrays += torch_to_keras(w_ih, w_hh, b_ih, b_hh, spec.reset_after)
             out.append(arrays)
-        else:
+        elif isinstance(spec, DenseSpec):
             arrays = [np.ascontiguousarray(layer.weight.detach().cpu().numpy().T)]
             if layer.bias is not None:
                 arrays.append(layer.bias.detach().cpu().numpy().copy())
             out.append(arrays)
+        elif isinstance(spec, EmbeddingSpec):
+            out.append([layer.weight.detach().cpu().numpy().copy()])
+        else:
+            out.append([])
     return out
 
 
@@ -75,9 +111,11 @@ def keras3_config(stack: StackModel) -> dict:
                               f"'hard_sigmoid_keras3' for a Keras 3 file, got {spec.recurrent_activation!r} (Keras 3's "
                               "hard_sigmoid is clip(x/6+0.5, 0, 1), not 0.2x+0.5): write a Keras 2 .h5 instead")
     steps, features = stack.input_shape
-    batch_shape = [None, steps, features]
+    ids = isinstance(stack.specs[0], EmbeddingSpec)
+    batch_shape = [None, steps] if ids else [None, steps, features]
     layers = [{"module": "keras.layers", "class_name": "InputLayer", "registered_name": None,
-               "config": {"batch_shape": batch_shape, "dtype": "float32", "sparse": False, "name": "input_layer"}}]
+               "config": {"batch_shape": batch_shape, "dtype": "int32" if ids else "float32", "sparse": False,
+                          "name": "input_layer"}}]
     shape = batch_shape
     for spec in stack.specs:
         if isinstance(spec, GRUSpec):
@@ -85,17 +123,19 @@ def keras3_config(stack: StackModel) -> dict:
                 inner = _entry("GRU", _gru_config(spec, f"forward_{spec.name}"), shape)
                 back = _entry("GRU", _gru_config(spec, f"backward_{spec.name}", go_backwards=True), shape)
                 layers.append(_entry("Bidirectional", {"name": spec.name, "trainable": True, "dtype": "float32",
-                                                       "merge_mode": "concat", "layer": inner, "backward_layer": back},
-                                     shape))
+                                                       "merge_mode": spec.merge_mode, "layer": inner,
+                                                       "backward_layer": back}, shape))
             else:
                 layers.append(_entry("GRU", _gru_config(spec, spec.name), shape))
-            width = spec.units * spec.directions
-            shape = [None, steps, width] if spec.return_sequences else [None, width]
-        else:
-            layers.append(_entry("Dense", {"name": spec.name, "trainable": True, "dtype": "float32",
-                                           "units": spec.units, "activation": spec.activation,
-                                           "use_bias": spec.use_bias}, shape))
+            shape = [None, steps, spec.width] if spec.return_sequences else [None, spec.width]
+            continue
+        layers.append(_entry(keras_class(spec), simple_config(spec), shape))
+        if isinstance(spec, DenseSpec):
             shape = shape[:-1] + [spec.units]
+        elif isinstance(spec, EmbeddingSpec):
+            shape = shape + [spec.output_dim]
+        elif isinstance(spec, FlattenSpec) and len(shape) == 3:
+            shape = [None, shape[1] * shape[2]]
     return {"module": "keras", "class_name": "Sequential", "registered_name": None,
             "config": {"name": "sequential", "trainable": True, "dtype": "float32", "layers": layers,
                        "build_input_shape": batch_shape},
@@ -113,15 +153,14 @@ def _vars(group, name: str, arrays: list[np.ndarray]):
 def keras3_weights(stack: StackModel) -> bytes:
     """model.weights.h5 in Keras 3's layout, as bytes."""
     h5py = _h5py()
-    keys = _positional_keys([{"class_name": "Bidirectional" if isinstance(s, GRUSpec) and s.bidirectional
-                              else "GRU" if isinstance(s, GRUSpec) else "Dense"} for s in stack.specs])
+    keys = _positional_keys([{"class_name": keras_class(s)} for s in stack.specs])
     buffer = io.BytesIO()
     with h5py.File(buffer, "w") as f:
         root = f.create_group("layers")
         for spec, key, arrays in zip(stack.specs, keys, keras_arrays(stack)):
             g = root.create_group(key)
-            _vars(g, spec.name, arrays if isinstance(spec, DenseSpec) else [])
-            if isinstance(spec, DenseSpec):
+            _vars(g, spec.name, arrays if not isinstance(spec, GRUSpec) else [])
+            if not isinstance(spec, GRUSpec):
                 continue
             if spec.bidirectional:
                 n = len(arrays) // 2
