@@ -16,7 +16,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", metavar="CHECKPOINT", help="a .pt checkpoint or a run directory (its best.pt)")
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--index", type=int, help="the N-th digit (0-based) of a dataset split")
-    source.add_argument("--image", metavar="FILE", help="a PNG or JPEG digit image")
+    source.add_argument("--image", metavar="FILE", help="a PNG or JPEG digit image, prepared as grunet predict "
+                        "prepares it (like MNIST: cropped to the ink, fitted to 20x20, centred by mass in 28x28)")
     p.add_argument("--split", choices=["test", "train"], default="test", help="with --index (default test)")
     p.add_argument("--dataset", choices=DATASETS, help="with --index; default the model's own")
     p.add_argument("--data-dir", help="directory with the dataset's IDX files")
