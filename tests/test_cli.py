@@ -78,7 +78,7 @@ def test_predict_refuses_bombs_and_broken_images_in_one_line(tiny_checkpoint, tm
     import numpy as np
 
     Image.fromarray(np.full((30, 30), 255, np.uint8)).save(blank)
-    for image, message in ((bomb, "refused before decoding"), (broken, "expected a complete PNG or JPEG image"),
+    for image, message in ((bomb, "refused before decoding"), (broken, "expected a PNG or JPEG image, got a file that cannot be read"),
                            (blank, "blank image")):
         for argv in (["predict", str(tiny_checkpoint), str(image)],
                      ["explain", str(tiny_checkpoint), "--image", str(image)]):

@@ -54,7 +54,9 @@ def read_gray(path: str | Path) -> np.ndarray:
     unreadable = (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError, ValueError,
                   EOFError, MemoryError)
     try:
-        with Image.open(p, formats=FORMATS) as image:
+        with Image.open(p) as image:
+            if image.format not in FORMATS:  # only the header was read
+                raise GrunetError(f"{p}: expected a PNG or JPEG image, got {image.format or 'an unknown'} format")
             width, height = image.size  # from the header; nothing decoded yet
             if width * height > MAX_PIXELS or width < 1 or height < 1:
                 raise GrunetError(f"{p}: expected an image of at most {MAX_PIXELS:,} pixels, got a header "
@@ -68,7 +70,7 @@ def read_gray(path: str | Path) -> np.ndarray:
                           f"more than Pillow's limit ({e}) (refused before decoding)") from None
     except unreadable as e:
         reason = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise GrunetError(f"{p}: expected a complete PNG or JPEG image, got a file that cannot be read as one "
+        raise GrunetError(f"{p}: expected a PNG or JPEG image, got a file that cannot be read as a whole one "
                           f"({reason})") from None
 
 
