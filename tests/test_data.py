@@ -416,3 +416,107 @@ def test_permutation_is_fixed_bijection():
 def test_views_reject_bad_shape():
     with pytest.raises(GrunetError, match=r"expected shape \(N, H, W\), got \(784,\)"):
         to_sequences(np.zeros(784, np.uint8), "pixels")
+
+
+# ---------------------------------------------------------------- untrusted files: bombs, empty splits
+
+
+def gzip_bomb(path: Path, head: bytes, inflated: int) -> None:
+    """A gzip file holding ``head`` then zeros up to ``inflated`` bytes, written without holding them."""
+    deflate = __import__("zlib").compressobj(9, __import__("zlib").DEFLATED, 31)  # 31: a gzip wrapper
+    zeros = bytes(1 << 20)
+    with open(path, "wb") as f:
+        f.write(deflate.compress(head))
+        for _ in range((inflated - len(head)) // len(zeros)):
+            f.write(deflate.compress(zeros))
+        f.write(deflate.flush())
+
+
+def peak_memory_of(fn) -> tuple[int, BaseException]:
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        fn()
+    except BaseException as e:  # noqa: B036 - returned to the test
+        error = e
+    else:
+        error = None
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    return peak, error
+
+
+def test_idx_gzip_bomb_stops_early_with_bounded_memory(tmp_path):
+    """A small gzip that inflates far past what its header promises: refused, reading stops at the promise."""
+    images = encode_idx(np.zeros((5, 28, 28), np.uint8))
+    bomb = tmp_path / "train-images-idx3-ubyte.gz"
+    gzip_bomb(bomb, images, 400 << 20)  # 400 MiB of inflated zeros
+    assert bomb.stat().st_size < 1 << 20
+    write_idx(tmp_path / "train-labels-idx1-ubyte.gz", np.zeros(5, np.uint8))
+    spec = DatasetSpec("tiny", mirrors=(), sha256={})
+    peak, error = peak_memory_of(lambda: load_split(spec, "train", data_dir=tmp_path))
+    assert isinstance(error, GrunetError), error
+    assert "expected 3920 data bytes" in str(error) and "(oversized)" in str(error)
+    assert len(str(error).splitlines()) == 1
+    assert peak < 8 << 20, f"{peak / 2**20:.1f} MiB"  # gzip.decompress of the whole file: 400+ MiB
+    peak, error = peak_memory_of(lambda: read_idx(bomb))
+    assert isinstance(error, GrunetError) and "(oversized)" in str(error) and peak < 8 << 20
+
+
+@pytest.mark.parametrize("dims,message", [
+    ((60_001, 28, 28), "expected 1 to 60,000 images (the tiny train split), got 60,001 (in its header)"),
+    ((4_000_000_000, 28, 28), "got 4,000,000,000 (in its header)"),
+    ((5, 28, 28, 1), "expected uint8 images of shape (N, 28, 28), got uint8 (5, 28, 28, 1)"),
+    ((0, 28, 28), "expected 1 to 60,000 images"),
+])
+def test_idx_header_promises_checked_before_reading(tmp_path, dims, message):
+    """What a header promises is checked against what the split can hold before anything is inflated."""
+    import struct
+
+    head = bytes([0, 0, 8, len(dims)]) + struct.pack(f">{len(dims)}I", *dims)
+    (tmp_path / "train-images-idx3-ubyte.gz").write_bytes(gzip.compress(head + bytes(100)))
+    write_idx(tmp_path / "train-labels-idx1-ubyte.gz", np.zeros(5, np.uint8))
+    peak, error = peak_memory_of(lambda: load_split(DatasetSpec("tiny", mirrors=(), sha256={}), "train",
+                                                    data_dir=tmp_path))
+    assert isinstance(error, GrunetError) and message in str(error), error
+    assert peak < 1 << 20
+
+
+def test_read_idx_refuses_a_header_beyond_its_ceiling(tmp_path):
+    import struct
+
+    path = tmp_path / "huge-idx1-ubyte"
+    path.write_bytes(bytes([0, 0, 0x0E, 2]) + struct.pack(">2I", 100_000, 100_000))
+    with pytest.raises(GrunetError, match=r"expected at most 1,073,741,824 data bytes, got a header promising "
+                                          r"80,000,000,000 .* \(refused before reading\)"):
+        read_idx(path)
+    with pytest.raises(GrunetError, match="expected at most 10 data bytes"):
+        read_idx(tmp_path / "huge-idx1-ubyte", max_bytes=10)
+
+
+@pytest.mark.parametrize("split", ["train", "test"])
+def test_empty_split_refused(tmp_path, split):
+    make_split_files(tmp_path, split, n=0)
+    with pytest.raises(GrunetError) as e:
+        load_split(DatasetSpec("tiny", mirrors=(), sha256={}), split, data_dir=tmp_path)
+    assert f"expected 1 to {60_000 if split == 'train' else 10_000:,} images" in str(e.value)
+    assert "got 0 (in its header)" in str(e.value)
+
+
+def test_sample_refuses_data_dir(tmp_path):
+    with pytest.raises(GrunetError, match=r"--data-dir: expected no directory with --dataset mnist-sample .*"
+                                          r"--dataset mnist --data-dir"):
+        load_split("mnist-sample", "test", data_dir=tmp_path)
+
+
+def test_offline_message_is_one_line_and_says_what_to_do(tmp_path):
+    dead = "http://127.0.0.1:9/"  # the discard port: nothing listens
+    spec = DatasetSpec("tiny", mirrors=(dead,), sha256={f: "0" * 64 for f in ALL_FILES})
+    with pytest.raises(GrunetError) as e:
+        load_split(spec, "test", cache_dir=tmp_path)
+    message = str(e.value)
+    assert len(message.splitlines()) == 1, message
+    assert f"{dead}t10k-images-idx3-ubyte.gz: cannot connect" in message
+    assert str(tmp_path / "tiny") in message and "t10k-labels-idx1-ubyte.gz" in message
+    assert "--dataset mnist-sample" in message and "works offline" in message

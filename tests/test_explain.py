@@ -228,3 +228,112 @@ def test_cli_bad_input_exit_2(runs, tmp_path, capsys):
         assert main(argv) == 2, argv
         err = capsys.readouterr().err
         assert message in err and len(err.strip().splitlines()) == 1, (argv, err)
+
+
+# ----------------------------------------------------------------------------------------------------
+# converted models (StackModel): any GRU classifier that predict accepts
+from grunet.convert.stack import DenseSpec, GRUSpec, StackModel, as_stack  # noqa: E402
+
+
+@pytest.mark.parametrize("case", CASES, ids=case_id)
+def test_stack_model_traces_equal_the_sequence_classifier_they_came_from(case):
+    """as_stack copies the weights exactly: every layer and direction traces the same gates and probabilities."""
+    torch.manual_seed(5)
+    cfg = ModelConfig(input_size=5, hidden_size=6, num_classes=4, init="torch", **case)
+    model = SequenceClassifier(cfg, impl="reference").eval()
+    stack = as_stack(model).eval()
+    x = torch.rand(7, 5)
+    directions = ["forward", "reverse"] if cfg.bidirectional else ["forward"]
+    for k in range(cfg.num_layers):
+        for direction in directions:
+            a, b = gate_trace(model, x, layer=k, direction=direction), gate_trace(stack, x, layer=k, direction=direction)
+            assert (b.layer, b.num_layers, b.direction, b.reset_after) == (k, cfg.num_layers, direction, cfg.reset_after)
+            for key in ("r", "z", "n", "h", "dh", "probabilities"):
+                np.testing.assert_allclose(getattr(b, key), getattr(a, key), atol=1e-6, err_msg=key)
+
+
+def test_keras_tutorial_stack_gru_dense_softmax():
+    """The tutorial's Keras model, GRU(reset-before) -> Dense(10, softmax), as converted: the numpy oracle."""
+    torch.manual_seed(6)
+    stack = StackModel((28, 28), [GRUSpec("gru", 6, reset_after=False), DenseSpec("dense", 10, "softmax")],
+                       impl="reference").eval()
+    x = torch.rand(28, 28)
+    gru, dense = stack.layers
+    sd = {n: p.detach().double().numpy() for n, p in gru.named_parameters()}
+    ref = np_gru(x.double().numpy(), sd["weight_ih_l0"], sd["weight_hh_l0"], sd["bias_l0"], None, False)
+    tr = gate_trace(stack, x)
+    for key in "rznh":
+        np.testing.assert_allclose(getattr(tr, key), ref[key], atol=1e-5, err_msg=key)
+    W, b = dense.weight.detach().double().numpy(), dense.bias.detach().double().numpy()
+    logits = ref["h"] @ W.T + b
+    expected = np.exp(logits - logits.max(1, keepdims=True))
+    np.testing.assert_allclose(tr.probabilities, expected / expected.sum(1, keepdims=True), atol=1e-5)
+
+
+def test_stacked_bidirectional_stack_picks_layer_and_direction():
+    """GRU(bi, sequences) -> Dense(relu, per step) -> GRU -> Dense(softmax): layer 1 reads what Dense made."""
+    torch.manual_seed(7)
+    specs = [GRUSpec("g0", 4, return_sequences=True, bidirectional=True), DenseSpec("mid", 5, "relu"),
+             GRUSpec("g1", 3), DenseSpec("out", 10, "softmax")]
+    stack = StackModel((None, 6), specs, impl="reference").eval()
+    x = torch.rand(9, 6)
+    g0, mid, g1, _ = stack.layers
+    sd0 = {n: p.detach().double().numpy() for n, p in g0.named_parameters()}
+    xn = x.double().numpy()
+    fwd = np_gru(xn, *(sd0[f"{w}_l0"] for w in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")), True)
+    rev = np_gru(xn[::-1], *(sd0[f"{w}_l0_reverse"] for w in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")), True)
+    rev = {key: v[::-1] for key, v in rev.items()}
+    tr = gate_trace(stack, x, layer=0, direction="reverse")
+    np.testing.assert_allclose(tr.z, rev["z"], atol=1e-5)
+    mid_out = np.maximum(np.concatenate([fwd["h"], rev["h"]], 1) @ mid.weight.detach().double().numpy().T
+                         + mid.bias.detach().double().numpy(), 0)
+    sd1 = {n: p.detach().double().numpy() for n, p in g1.named_parameters()}
+    top = np_gru(mid_out, *(sd1[f"{w}_l0"] for w in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")), True)
+    tr1 = gate_trace(stack, x)  # default: the last GRU layer
+    assert (tr1.layer, tr1.num_layers) == (1, 2)
+    np.testing.assert_allclose(tr1.h, top["h"], atol=1e-5)
+    with torch.no_grad():
+        prefix = torch.cat([stack.predict_proba(x[None, : t + 1]) for t in range(len(x))]).double().numpy()
+    np.testing.assert_allclose(tr1.probabilities, prefix, atol=1e-6)
+    with pytest.raises(GrunetError, match=r"--direction: expected 'forward' for a unidirectional GRU layer \(layer 1\)"):
+        gate_trace(stack, x, layer=1, direction="reverse")
+    with pytest.raises(GrunetError, match=r"--layer: expected a GRU layer index in \[0, 1\]"):
+        gate_trace(stack, x, layer=2)
+
+
+def test_cli_explains_a_converted_keras_model(tmp_path, capsys):
+    torch.manual_seed(8)
+    stack = StackModel((None, 28), [GRUSpec("gru", 6, reset_after=False), DenseSpec("dense", 10, "softmax")])
+    path = tmp_path / "keras.pt"
+    save_checkpoint(path, stack)
+    png = tmp_path / "gates.png"
+    assert main(["explain", str(path), "--index", "3", "--png", str(png)]) == 0
+    out = capsys.readouterr().out
+    table = [line for line in out.splitlines() if line[:4].strip().isdigit()]
+    assert len(table) == 28 and "prediction:" in out and png.stat().st_size > 1000
+    images, _ = load_split("mnist-sample", "test")
+    with torch.no_grad():
+        p = stack.predict_proba(torch.from_numpy(images[3:4] / 255.0).float())[0]
+    assert f"prediction: {int(p.argmax())} p={float(p.max()):.4f}" in out
+
+
+def test_cli_png_checked_before_any_work(runs, tmp_path, capsys, monkeypatch):
+    (tmp_path / "dir.png").mkdir()
+    cases = [
+        (str(tmp_path / "missing" / "g.png"), "existing directory"),
+        (str(tmp_path / "dir.png"), "which is a directory"),
+    ]
+    for png, message in cases:
+        assert main(["explain", str(runs["after"]), "--index", "0", "--png", png]) == 2
+        captured = capsys.readouterr()
+        assert captured.out == "" and message in captured.err and len(captured.err.strip().splitlines()) == 1
+    # without matplotlib: the extra is named, and nothing is printed first
+    import sys
+
+    for name in [m for m in sys.modules if m == "matplotlib" or m.startswith("matplotlib.") or m == "grunet.plots"]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    monkeypatch.setitem(sys.modules, "matplotlib.figure", None)
+    assert main(["explain", str(runs["after"]), "--index", "0", "--png", str(tmp_path / "g.png")]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and "grunet[report]" in captured.err and len(captured.err.strip().splitlines()) == 1

@@ -54,7 +54,7 @@ def test_params_command(capsys):
     assert "3 * (U*I + U*U + U) = 3 * (75*28 + 75*75 + 75)" in out and "Total: 23,400 + 760 = 24,160" in out
     assert main(["params", "--dense", "10", "--layers", "2", "--bidirectional"]) == 0
     out = capsys.readouterr().out
-    expected = count_params(28, 75, num_layers=2, bidirectional=True, dense=10).total
+    expected = count_params(28, 75, reset_after=False, num_layers=2, bidirectional=True, dense=10).total
     assert f"= {expected:,}" in out and "layer 1 reverse" in out and "75*150" in out
 
 
@@ -67,3 +67,15 @@ def test_params_command_bad_input(argv, message, capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_params_default_is_the_model_grunet_train_builds(capsys):
+    """grunet params without a variant counts the model grunet train builds: reset-before, the tutorial's."""
+    from grunet.train import TrainConfig
+
+    assert TrainConfig().reset_after is False
+    assert main(["params", "--dense", "10"]) == 0
+    out = capsys.readouterr().out
+    assert "Total: 23,400 + 760 = 24,160" in out  # the summary grunet train prints
+    assert main(["params", "--reset-after", "--dense", "10"]) == 0
+    assert "Total: 23,625 + 760 = 24,385" in capsys.readouterr().out

@@ -13,10 +13,12 @@ Update-gate convention (Keras / PyTorch, as everywhere in grunet):
 so z is the share of the old state that is kept and 1 - z the share of new information let in, which is
 what tutorials writing h_t = (1 - z) h_{t-1} + z n_t call "the update gate".
 
-The probabilities come from the top layer, whatever layer's gates are shown. For a unidirectional model p_t
-is the Dense head on the top layer's h_t, which equals the model's output on the prefix x[:t+1]. A
-bidirectional model's reverse direction reads the sequence from its end, so there p_t is the model's output
-on the prefix x[:t+1] (the whole model re-run on every prefix). p_{T-1} is always the model's prediction.
+The probabilities come from the whole model, whatever layer's gates are shown. For grunet's unidirectional
+SequenceClassifier p_t is the Dense head on the top layer's h_t, which equals the model's output on the
+prefix x[:t+1]. A bidirectional model's reverse direction reads the sequence from its end, and a converted
+model (StackModel) may hold any supported layers after its GRUs, so there p_t is the model's output on the
+prefix x[:t+1] (the whole model re-run on every prefix; ``GateTrace.prefix_runs`` is then True).
+p_{T-1} is always the model's prediction.
 Every gate comes from the reference equations (grunet.reference), never from a fused kernel.
 """
 from __future__ import annotations
@@ -52,7 +54,8 @@ class GateTrace:
     layer: int
     num_layers: int
     direction: str
-    bidirectional: bool
+    bidirectional: bool  # the shown layer reads in both directions
+    prefix_runs: bool  # the probabilities come from the whole model re-run on every prefix (see above)
     reset_after: bool
     recurrent_activation: str
 
@@ -66,17 +69,34 @@ class GateTrace:
         return int(self.probabilities[-1].argmax())
 
 
+@dataclass(frozen=True)
+class GRULayer:
+    """One GRU layer of a classifier: layer ``k`` of the recurrent module ``module`` (grunet.GRU or nn.GRU)."""
+
+    module: nn.Module
+    k: int
+
+    @property
+    def bidirectional(self) -> bool:
+        return bool(self.module.bidirectional)
+
+
+def gru_layers(model: nn.Module) -> list[GRULayer]:
+    """Every GRU layer of a classifier, input to output: the layers of its GRU modules in registration order,
+    which is the order they read the sequence in grunet's SequenceClassifier and in converted StackModels
+    (whatever other layers stand between them: Dense, Dropout, Masking, ...)."""
+    modules = [m for m in model.modules() if isinstance(m, (GRU, nn.GRU))]
+    if not modules:
+        other = next((type(m).__name__ for m in model.modules() if isinstance(m, nn.RNNBase)), None)
+        raise GrunetError(f"model: expected a GRU classifier (gate traces exist only for GRUs), got "
+                          f"{type(model).__name__}" + (f" with {other} (an {'LSTM' if other == 'LSTM' else 'other'} "
+                                                      f"model)" if other else " without any GRU"))
+    return [GRULayer(m, k) for m in modules for k in range(m.num_layers)]
+
+
 def gru_of(model: nn.Module) -> nn.Module:
-    """The recurrent layer of a SequenceClassifier when it is a GRU (grunet.GRU or torch.nn.GRU)."""
-    rnn = getattr(model, "rnn", None)
-    dense = getattr(model, "dense", None)
-    if rnn is None or not isinstance(dense, nn.Linear):
-        raise GrunetError(f"model: expected a GRU sequence classifier (recurrent layer .rnn, then .dense), "
-                          f"got {type(model).__name__}")
-    if not isinstance(rnn, (GRU, nn.GRU)):
-        raise GrunetError(f"model: expected a GRU (gate traces exist only for GRUs), got {type(rnn).__name__} "
-                          f"(an {'LSTM' if isinstance(rnn, nn.LSTM) else 'other'} model)")
-    return rnn
+    """The first GRU module of a classifier (raises GrunetError when it has none)."""
+    return gru_layers(model)[0].module
 
 
 def _weights(rnn: nn.Module, k: int, suffix: str):
@@ -109,49 +129,100 @@ def _layer_traces(rnn: nn.Module, x: Tensor) -> list[list[dict[str, Tensor]]]:
     return traces
 
 
+def _module_input(model: nn.Module, rnn: nn.Module, x: Tensor) -> Tensor:
+    """What ``rnn`` reads when ``model`` runs on the one sequence x (T, I): (T, 1, F) in time order. Caught
+    with a hook, so any layers before it (Dense, Embedding, Masking, another GRU...) act as the model has them."""
+    if getattr(model, "rnn", None) is rnn:  # SequenceClassifier: its GRU reads the input itself
+        return x.unsqueeze(1)
+    seen: list[Tensor] = []
+
+    def capture(module, args, kwargs):
+        expect(not any(kwargs.get(key) is not None for key in ("lengths", "mask")), "model",
+               "a GRU reading whole sequences", f"{type(model).__name__} passing a mask or lengths to its GRU")
+        seen.append(args[0])
+
+    handle = rnn.register_forward_pre_hook(capture, with_kwargs=True)
+    try:
+        model(x.unsqueeze(0))
+    finally:
+        handle.remove()
+    expect(len(seen) == 1 and isinstance(seen[0], Tensor), "model", "a GRU that reads the sequence once",
+           f"{len(seen)} calls")
+    inp = seen[0]
+    inp = inp.transpose(0, 1) if getattr(rnn, "batch_first", False) else inp
+    return inp.detach()
+
+
+def _probabilities(model: nn.Module, x: Tensor) -> Tensor:
+    """(T, C): the model's class probabilities on every prefix x[:t+1] (the whole model re-run per prefix)."""
+    proba = getattr(model, "predict_proba", None)
+    run = proba if callable(proba) else (lambda v: torch.softmax(model(v), dim=-1))
+    rows = []
+    for t in range(len(x)):
+        p = run(x[: t + 1].unsqueeze(0))
+        expect(p.dim() == 2 and p.shape[0] == 1, "model", "a classifier with output (batch, classes)",
+               f"output of shape {tuple(p.shape)}")
+        rows.append(p)
+    return torch.cat(rows)
+
+
+def _input_size(model: nn.Module, first: nn.Module) -> int:
+    shape = getattr(model, "input_shape", None)
+    if isinstance(shape, (tuple, list)) and len(shape) == 2 and isinstance(shape[1], int):
+        return shape[1]
+    return first.input_size
+
+
 @torch.no_grad()
 def gate_trace(model: nn.Module, x, *, layer: Optional[int] = None, direction: str = "forward") -> GateTrace:
     """Gates, state changes and running class probabilities of ``model`` on one sequence x (T, I).
 
-    ``layer``: 0-based, default the last; negative counts from the end. ``direction``: 'forward' or
-    'reverse' (bidirectional models only; the reverse direction's step t has read x[t:], and its h_{t-1}
-    in dh is the state after x[t+1:], i.e. dh measures the change made by reading x[t])."""
-    rnn = gru_of(model)
+    ``model``: a GRU classifier: grunet's SequenceClassifier, a converted StackModel (GRU layers, stacked or
+    bidirectional, with Dense and the other layers conversion supports) or any module holding GRUs whose
+    forward takes (B, T, I) and returns (B, classes).
+    ``layer``: 0-based over all GRU layers of the model, default the last; negative counts from the end.
+    ``direction``: 'forward' or 'reverse' (bidirectional layers only; the reverse direction's step t has read
+    x[t:], and its h_{t-1} in dh is the state after x[t+1:], i.e. dh measures the change made by reading x[t])."""
+    layers = gru_layers(model)
     x = torch.as_tensor(x)
-    expect(x.dim() == 2 and x.shape[-1] == rnn.input_size and x.shape[0] >= 1, "input",
-           f"one sequence of shape (T, {rnn.input_size})", f"shape {tuple(x.shape)}")
-    weight = next(rnn.parameters())
+    size = _input_size(model, layers[0].module)
+    expect(x.dim() == 2 and x.shape[-1] == size and x.shape[0] >= 1, "input",
+           f"one sequence of shape (T, {size})", f"shape {tuple(x.shape)}")
+    weight = next(layers[0].module.parameters())
     x = x.to(dtype=weight.dtype, device=weight.device)
-    L = rnn.num_layers
+    L = len(layers)
     k = L - 1 if layer is None else layer
-    expect(isinstance(k, int) and -L <= k < L, "--layer", f"a layer index in [0, {L - 1}] (or -1 for the last)",
+    expect(isinstance(k, int) and -L <= k < L, "--layer", f"a GRU layer index in [0, {L - 1}] (or -1 for the last)",
            repr(layer))
     k = k % L
+    chosen = layers[k]
     expect(direction in DIRECTIONS, "--direction", f"one of {list(DIRECTIONS)}", repr(direction))
-    expect(direction == "forward" or rnn.bidirectional, "--direction", "'forward' for a unidirectional GRU",
-           repr(direction))
+    expect(direction == "forward" or chosen.bidirectional, "--direction",
+           f"'forward' for a unidirectional GRU layer (layer {k})", repr(direction))
     d = DIRECTIONS.index(direction)
-
-    traces = _layer_traces(rnn, x.unsqueeze(1))
-    trace = {key: value[:, 0].double().cpu().numpy() for key, value in traces[k][d].items()}
+    was_training = model.training
+    model.eval()
+    try:
+        rnn = chosen.module
+        traces = _layer_traces(rnn, _module_input(model, rnn, x))
+        dense = getattr(model, "dense", None)
+        simple_head = (isinstance(dense, nn.Linear) and getattr(model, "rnn", None) is rnn and len(layers) == rnn.num_layers
+                       and not rnn.bidirectional)
+        if simple_head:  # SequenceClassifier: logits = Dense(h_T), so the head on every h_t is the prefix's output
+            probabilities = torch.softmax(dense(traces[-1][0]["h"][:, 0]), dim=1)
+        else:
+            probabilities = _probabilities(model, x)
+    finally:
+        model.train(was_training)
+    trace = {key: value[:, 0].double().cpu().numpy() for key, value in traces[chosen.k][d].items()}
     h = trace["h"]
     zero = np.zeros((1, h.shape[1]))
     h_before = np.vstack([zero, h[:-1]]) if d == 0 else np.vstack([h[1:], zero])  # the state before reading x[t]
     delta = h - h_before
-
-    top = traces[-1]
-    if not rnn.bidirectional:
-        logits = model.dense(top[0]["h"][:, 0])  # (T, C): the head on every h_t
-        probabilities = torch.softmax(logits, dim=1)
-    else:  # the reverse direction depends on the future: re-run the whole model on every prefix
-        was_training = model.training
-        model.eval()
-        probabilities = torch.cat([torch.softmax(model(x[: t + 1].unsqueeze(0)), dim=1) for t in range(len(x))])
-        model.train(was_training)
-    *_, reset_after, act = _weights(rnn, k, ("", "_reverse")[d])
+    *_, reset_after, act = _weights(rnn, chosen.k, ("", "_reverse")[d])
     return GateTrace(x=x.double().cpu().numpy(), r=trace["r"], z=trace["z"], n=trace["n"], h=h, delta=delta,
                      dh=np.linalg.norm(delta, axis=1), probabilities=probabilities.double().cpu().numpy(),
-                     layer=k, num_layers=L, direction=direction, bidirectional=bool(rnn.bidirectional),
+                     layer=k, num_layers=L, direction=direction, bidirectional=chosen.bidirectional, prefix_runs=not simple_head,
                      reset_after=reset_after, recurrent_activation=act)
 
 
@@ -200,6 +271,6 @@ def legend(trace: GateTrace) -> str:
          "|dh| = ||h_t - h_(t+1)||_2, the L2 norm over the units of the state change made by reading step t "
          "(the reverse direction reads from the end; h_(T) = 0)."),
         "top, p: the most probable class and its probability " + (
-            "from softmax(Dense(h_t)) of the top layer" if not trace.bidirectional
+            "from softmax(Dense(h_t)) of the top layer" if not trace.prefix_runs
             else "of the whole model run on steps 0..t") + ", the prediction had the input ended after step t.",
     ])

@@ -99,7 +99,7 @@ def explain_figure(trace: GateTrace, class_names: Sequence[str], title: str = ""
                        [f"{i} {str(c)[:8]}" for i, c in enumerate(class_names)], fontsize=7)
     top = trace.probabilities.argmax(1)
     ax.plot(steps, top, linestyle="none", marker=".", color="#d95f02", markersize=4, label="most probable")
-    source = "the model on steps 0..t" if trace.bidirectional else "softmax(Dense(h_t)) of the top layer"
+    source = "the model on steps 0..t" if trace.prefix_runs else "softmax(Dense(h_t)) of the top layer"
     ax.set_title(f"class probabilities after each step: {source} (dots: the most probable class)",
                  fontsize=10, loc="left")
     ax.set_xlabel("time step t" + (" (image row)" if rows_view else ""))

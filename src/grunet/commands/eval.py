@@ -5,7 +5,7 @@ import argparse
 
 import torch
 
-from ..checkpoint import load_model
+from ..checkpoint import load_model, resolve
 from ..data import CLASS_NAMES, DATASETS, VIEWS, load_split, to_sequences
 from ..errors import GrunetError
 
@@ -17,6 +17,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir", help="directory with the dataset's IDX files")
     p.add_argument("--view", choices=VIEWS, help="default: the model's own")
     p.add_argument("--batch-size", type=int, default=1000)
+    p.description = ((p.description or "") + ". The first line names the checkpoint file scored and its training "
+                     "step (a run directory's best.pt, else last.pt).")
 
 
 def confusion_matrix(labels: torch.Tensor, predictions: torch.Tensor, classes: int) -> torch.Tensor:
@@ -50,6 +52,9 @@ def run(args: argparse.Namespace) -> int:
     with torch.no_grad():
         predictions = torch.cat([model(x[i:i + args.batch_size]).argmax(1) for i in range(0, len(x), args.batch_size)])
     names = CLASS_NAMES[dataset]
+    step = ckpt.get("progress", {}).get("step") if isinstance(ckpt.get("progress"), dict) else None
+    print(f"checkpoint {resolve(args.model)}: " + (f"{step:,} training steps done" if isinstance(step, int)
+                                                   else "no training step recorded (a converted model)"))
     print(f"{dataset} {args.split}, view {view}")
     print(format_report(confusion_matrix(y, predictions, len(names)), names))
     return 0

@@ -1,14 +1,18 @@
-"""grunet explain: the update and reset gates, state changes and running prediction of a GRU on one digit."""
+"""grunet explain: the update and reset gates, state changes and running prediction of a GRU on one digit.
+
+Any GRU classifier that grunet predict accepts: a trained SequenceClassifier or a converted Keras model.
+"""
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 import numpy as np
 
 from ..checkpoint import load_model
 from ..data import CLASS_NAMES, DATASETS, load_split, to_sequences
-from ..errors import GrunetError
+from ..errors import GrunetError, require
 from ..explain import DIRECTIONS, format_trace, gate_trace, legend
 
 
@@ -16,20 +20,36 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", metavar="CHECKPOINT", help="a .pt checkpoint or a run directory (its best.pt)")
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--index", type=int, help="the N-th digit (0-based) of a dataset split")
-    source.add_argument("--image", metavar="FILE", help="a PNG or JPEG digit image")
+    source.add_argument("--image", metavar="FILE", help="a PNG or JPEG digit image, prepared as grunet predict "
+                        "prepares it (like MNIST: cropped to the ink, fitted to 20x20, centred by mass in 28x28)")
     p.add_argument("--split", choices=["test", "train"], default="test", help="with --index (default test)")
     p.add_argument("--dataset", choices=DATASETS, help="with --index; default the model's own")
     p.add_argument("--data-dir", help="directory with the dataset's IDX files")
-    p.add_argument("--layer", type=int, help="GRU layer whose gates are shown, 0-based (default: the last)")
+    p.add_argument("--layer", type=int, help="GRU layer whose gates are shown, 0-based over all GRU layers of the "
+                   "model, stacked or converted (default: the last)")
     p.add_argument("--direction", choices=DIRECTIONS, default="forward", help="bidirectional GRUs (default forward)")
-    p.add_argument("--png", metavar="FILE", help="also draw heatmaps of the gates beside the input into FILE")
+    p.add_argument("--png", metavar="FILE", help="also draw heatmaps of the gates beside the input into FILE "
+                   "(needs matplotlib: pip install 'grunet[report]')")
+
+
+def check_png(path: str) -> None:
+    """Everything --png needs, checked before any work is done or printed: matplotlib and a writable place."""
+    png = Path(path)
+    if png.suffix.lower() != ".png":
+        raise GrunetError(f"--png: expected a file name ending in .png, got {path}")
+    if png.is_dir():
+        raise GrunetError(f"--png: expected a file name, got {path}, which is a directory")
+    parent = png.resolve().parent
+    if not parent.is_dir():
+        raise GrunetError(f"--png: expected a file in an existing directory, got {path}")
+    if not os.access(parent, os.W_OK) or (png.exists() and not os.access(png, os.W_OK)):
+        raise GrunetError(f"--png: expected a writable place for the file, got {path}, which cannot be written")
+    require("matplotlib.figure", "draw the --png figure", "report")
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.png and Path(args.png).suffix.lower() != ".png":
-        raise GrunetError(f"--png: expected a file name ending in .png, got {args.png}")
-    if args.png and not Path(args.png).resolve().parent.is_dir():
-        raise GrunetError(f"--png: expected a file in an existing directory, got {args.png}")
+    if args.png:
+        check_png(args.png)
     model, ckpt = load_model(args.model, impl="reference")  # the equations themselves; no kernel to build
     data = ckpt.get("data", {})
     view, seed = data.get("view") or "rows", data.get("permutation_seed", 0)

@@ -1,4 +1,4 @@
-"""grunet predict: class and probabilities of PNG/JPEG digit images."""
+"""grunet predict: class and probabilities of PNG/JPEG digit images, prepared the way MNIST was made."""
 from __future__ import annotations
 
 import argparse
@@ -10,10 +10,17 @@ from ..checkpoint import load_model
 from ..data import CLASS_NAMES, to_sequences
 from ..images import load_digit
 
+IMAGE_HELP = "PNG or JPEG files (any size, either polarity, transparent or not)"
+PREPARATION = ("Each image is prepared the way MNIST's digits were made: transparency composited over white "
+               "(over black for light strokes), grayscale, dark ink on light paper inverted to bright on dark, "
+               "cropped to the ink, thin strokes widened, fitted into a 20x20 box keeping the aspect ratio and "
+               "centred by its centre of mass in 28x28.")
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", metavar="CHECKPOINT", help="a .pt checkpoint or a run directory")
-    p.add_argument("images", metavar="IMAGE", nargs="+", help="PNG or JPEG files")
+    p.add_argument("images", metavar="IMAGE", nargs="+", help=IMAGE_HELP)
+    p.description = (f"{p.description}. {PREPARATION}" if p.description else PREPARATION)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -34,7 +34,7 @@ import numpy as np
 
 from ..errors import GrunetError
 from .download import DownloadError, fetch
-from .idx import parse_idx, read_idx_bytes
+from .idx import IdxHeader, load_idx
 
 SPLITS = ("train", "test")
 FILES = {  # split -> (images, labels), the canonical names every mirror uses
@@ -44,6 +44,7 @@ FILES = {  # split -> (images, labels), the canonical names every mirror uses
 ALL_FILES = FILES["train"] + FILES["test"]
 IMAGE_SHAPE = (28, 28)
 NUM_CLASSES = 10
+MAX_IMAGES = {"train": 60_000, "test": 10_000}
 SAMPLE = "mnist-sample"
 SAMPLE_FILE = "mnist_sample.npz"
 
@@ -58,6 +59,9 @@ class DatasetSpec:
     idx_sha256: dict[str, str] = field(default_factory=dict)  # canonical .gz name -> sha256 once gunzipped
     system_dirs: tuple[str, ...] = ()  # read-only copies installed by the OS, used when present
     class_names: tuple[str, ...] = tuple(str(d) for d in range(10))
+    # the most images a split's files may declare: MNIST's own counts for the named datasets (KMNIST and
+    # Fashion-MNIST share them); what a header promises beyond this is refused before it is read
+    max_images: dict[str, int] = field(default_factory=lambda: dict(MAX_IMAGES))
 
 
 def _sums(*hexes: str) -> dict[str, str]:
@@ -126,14 +130,19 @@ def load_split(name: str | DatasetSpec, split: str, *, data_dir: str | os.PathLi
                download: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """One split of a named dataset: (images uint8 (N, 28, 28), labels int64 (N,)).
 
-    ``name`` is one of DATASETS, or a DatasetSpec (e.g. one with other mirrors). 'mnist-sample' is bundled and
-    ignores data_dir, cache_dir and download.
+    ``name`` is one of DATASETS, or a DatasetSpec (e.g. one with other mirrors). 'mnist-sample' is bundled:
+    it ignores cache_dir and download, and refuses data_dir (files on disk are read as the dataset they are,
+    e.g. 'mnist'; reading them as the sample would silently train on something else).
     """
     if split not in SPLITS:
         raise GrunetError(f"split: expected one of {', '.join(SPLITS)}, got {split!r}")
     if isinstance(name, DatasetSpec):
         spec = name
     elif name == SAMPLE:
+        if data_dir is not None:
+            raise GrunetError(f"--data-dir: expected no directory with --dataset {SAMPLE} (it is bundled; for IDX "
+                              f"files on disk name their dataset, e.g. --dataset mnist --data-dir {data_dir}), "
+                              f"got {data_dir}")
         return load_sample(split)
     elif name in SPECS:
         spec = SPECS[name]
@@ -149,7 +158,7 @@ def load_split(name: str | DatasetSpec, split: str, *, data_dir: str | os.PathLi
                               f"{', '.join(missing)} (or the same names without .gz), got none of them")
     else:
         paths = _system_copy(spec, wanted) or _cached_or_downloaded(spec, wanted, cache_dir, download)
-    images, labels = (_read(spec, f, p) for f, p in zip(wanted, paths))
+    images, labels = (_read(spec, f, p, split) for f, p in zip(wanted, paths))
     _check_split(images, labels, paths)
     return images, labels.astype(np.int64)
 
@@ -202,19 +211,31 @@ def _cached_or_downloaded(spec: DatasetSpec, wanted: tuple[str, ...], cache_dir,
     except DownloadError as e:
         if created and not any(target.iterdir()):
             target.rmdir()
-        raise GrunetError(f"dataset {spec.name}: {e}\n{how_to}") from None
+        raise GrunetError(f"dataset {spec.name}: {e}. {how_to}") from None
     return paths
 
 
-def _read(spec: DatasetSpec, gz_name: str, path: Path) -> np.ndarray:
-    data = read_idx_bytes(path)
+def _read(spec: DatasetSpec, gz_name: str, path: Path, split: str) -> np.ndarray:
+    limit = spec.max_images.get(split, MAX_IMAGES[split])
+    is_images = gz_name == FILES[split][0]
+    kind = "images" if is_images else "labels"
+    shape = f"(N, {IMAGE_SHAPE[0]}, {IMAGE_SHAPE[1]})" if is_images else "(N,)"
+
+    def check(head: IdxHeader) -> None:  # before anything is inflated: the shape a split can have
+        ok_shape = head.dims[1:] == IMAGE_SHAPE if is_images else len(head.dims) == 1
+        if head.dtype != np.uint8 or not ok_shape:
+            raise GrunetError(f"{kind} file {path}: expected uint8 {kind} of shape {shape}, "
+                              f"got {head.dtype.newbyteorder('=').name} {head.dims} (in its header)")
+        if not 1 <= head.dims[0] <= limit:
+            raise GrunetError(f"{kind} file {path}: expected 1 to {limit:,} {kind} (the {spec.name} {split} split), "
+                              f"got {head.dims[0]:,} (in its header)")
+
+    content = load_idx(path, check=check)
     expected = spec.idx_sha256.get(gz_name)
-    if expected is not None:
-        got = hashlib.sha256(data).hexdigest()
-        if got != expected:
-            raise GrunetError(f"dataset {spec.name} file {path}: expected IDX content with sha256 {expected}, "
-                              f"got {got} (not the published {spec.name} file; delete or replace it)")
-    return parse_idx(data, str(path))
+    if expected is not None and content.sha256 != expected:
+        raise GrunetError(f"dataset {spec.name} file {path}: expected IDX content with sha256 {expected}, "
+                          f"got {content.sha256} (not the published {spec.name} file; delete or replace it)")
+    return content.array
 
 
 def _check_split(images: np.ndarray, labels: np.ndarray, paths: list[Path]) -> None:

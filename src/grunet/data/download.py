@@ -30,29 +30,52 @@ class DownloadError(GrunetError):
     def __init__(self, filename: str, attempts: list[tuple[str, str]]):
         self.filename = filename
         self.attempts = attempts
-        tried = "\n".join(f"  {url}: {reason}" for url, reason in attempts) or "  (no mirrors)"
-        super().__init__(f"{filename}: expected a download from one of its mirrors, got failures from all:\n"
-                         f"{tried}")
+        tried = "; ".join(f"{url}: {reason}" for url, reason in attempts) or "no mirrors"
+        super().__init__(f"{filename}: expected a download from one of its mirrors, got failures from all "
+                         f"({tried})")
 
 
 class _Rejected(Exception):
     """This mirror gave bytes we will not keep (short body, wrong checksum)."""
 
 
+def _network_failure(e: Exception) -> str:
+    if isinstance(e, urllib.error.HTTPError):
+        return f"HTTP {e.code} {e.reason}"
+    if isinstance(e, urllib.error.URLError):
+        return f"cannot connect ({e.reason})"
+    return f"{type(e).__name__}: {e}"
+
+
+NETWORK_ERRORS = (OSError, http.client.HTTPException, ValueError)  # URLError and HTTPError are OSErrors
+
+
 def _stream(url: str, f, sha256: str) -> None:
-    """Copy ``url`` into the open file ``f``; raise _Rejected unless the body is complete and hashes right."""
+    """Copy ``url`` into the open file ``f``; raise _Rejected unless the body is complete and hashes right.
+
+    Network errors become _Rejected here, inside the caller's atomic write: an OSError escaping into it
+    would read as a failure to write the destination."""
     request = urllib.request.Request(url, headers={"User-Agent": "grunet"})
-    with urllib.request.urlopen(request, timeout=TIMEOUT_S) as response:
+    try:
+        response = urllib.request.urlopen(request, timeout=TIMEOUT_S)
+    except NETWORK_ERRORS as e:
+        raise _Rejected(_network_failure(e)) from None
+    with response:
         length = response.headers.get("Content-Length")
         digest, size = hashlib.sha256(), 0
-        try:
-            while chunk := response.read(CHUNK):
-                digest.update(chunk)
-                f.write(chunk)
-                size += len(chunk)
-        except http.client.IncompleteRead as e:
-            size += len(e.partial)
-            raise _Rejected(f"truncated body: got {size} of {length} bytes") from None
+        while True:
+            try:
+                chunk = response.read(CHUNK)
+            except http.client.IncompleteRead as e:
+                size += len(e.partial)
+                raise _Rejected(f"truncated body: got {size} of {length} bytes") from None
+            except NETWORK_ERRORS as e:
+                raise _Rejected(_network_failure(e)) from None
+            if not chunk:
+                break
+            digest.update(chunk)
+            f.write(chunk)
+            size += len(chunk)
     if length is not None and int(length) != size:
         raise _Rejected(f"truncated body: got {size} of {length} bytes")
     if digest.hexdigest() != sha256:
@@ -75,12 +98,6 @@ def fetch(filename: str, mirrors: tuple[str, ...], sha256: str, dest_dir: str | 
             with atomic_open(dest, "wb") as f:
                 _stream(url, f, sha256)
             return dest
-        except urllib.error.HTTPError as e:
-            attempts.append((url, f"HTTP {e.code} {e.reason}"))
-        except urllib.error.URLError as e:
-            attempts.append((url, f"cannot connect ({e.reason})"))
         except _Rejected as e:
             attempts.append((url, str(e)))
-        except (OSError, http.client.HTTPException, ValueError) as e:
-            attempts.append((url, f"{type(e).__name__}: {e}"))
     raise DownloadError(filename, attempts)
