@@ -5,8 +5,8 @@
     >>> out, h_n = gru(x)                                                # like torch.nn.GRU
 """
 from .errors import GrunetError
-from .layers import GRU, GRUCell
+from .layers import GRU, GRU_CELL_TYPES, GRU_TYPES, GRUCell
 from .params import count_params, summary
 
 __version__ = "0.1.0"
-__all__ = ["GRU", "GRUCell", "GrunetError", "count_params", "summary", "__version__"]
+__all__ = ["GRU", "GRUCell", "GRU_TYPES", "GRU_CELL_TYPES", "GrunetError", "count_params", "summary", "__version__"]
