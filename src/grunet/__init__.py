@@ -7,8 +7,9 @@
 """
 from .checkpoint import load
 from .errors import GrunetError
-from .layers import GRU, GRUCell
+from .layers import GRU, GRU_CELL_TYPES, GRU_TYPES, GRUCell
 from .params import count_params, summary
 
 __version__ = "0.1.0"
-__all__ = ["GRU", "GRUCell", "GrunetError", "count_params", "load", "summary", "__version__"]
+__all__ = ["GRU", "GRUCell", "GRU_TYPES", "GRU_CELL_TYPES", "GrunetError", "count_params", "load", "summary",
+           "__version__"]

@@ -35,3 +35,8 @@ def require(module: str, purpose: str, extra: str):
     except ImportError:
         raise GrunetError(f"{module}: expected the {module} package to {purpose} "
                           f"(pip install 'grunet[{extra}]'), got ImportError") from None
+
+
+class GrunetTypeError(GrunetError, TypeError):
+    """An argument of the wrong type (a bool where an int is due, a string where a bool is due): also a TypeError,
+    which is what PyTorch raises for these, so code written for torch.nn.GRU catches it."""

@@ -14,17 +14,78 @@ Parameters of layer k, direction d (suffix '' or '_reverse'), U = hidden_size, I
 from __future__ import annotations
 
 import math
+import numbers
+import warnings
 from typing import Optional, Union
 
 import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence, pad_packed_sequence
 
-from .errors import GrunetError, expect
+from .errors import GrunetError, GrunetTypeError, expect
 from .kernels import check_impl, layer_function
 from .reference import activation, gru_step
 
 INITS = ("torch", "keras")
+# dtypes a length may have: bool is refused, as True would silently mean 1
+INTEGER_DTYPES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
+
+
+# ----------------------------------------------------------------------------------------------------
+# constructor arguments: checked for type as torch.nn.GRU does, or stricter, each with one line
+def show(value, limit: int = 60) -> str:
+    """repr(value) on one line and at most ``limit`` characters (a tensor's repr spans lines)."""
+    text = " ".join(repr(value).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def integer_argument(name: str, value, minimum: int = 1) -> int:
+    # bool is a subclass of int: GRU(4, True) must not mean hidden_size=1
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise GrunetTypeError(f"{name}: expected an integer >= {minimum}, got {show(value)} ({type(value).__name__})")
+    expect(value >= minimum, name, f"an integer >= {minimum}", show(value))
+    return value
+
+
+def bool_argument(name: str, value) -> bool:
+    # any truthy value would do otherwise: batch_first="False" would run batch-first
+    if not isinstance(value, bool):
+        raise GrunetTypeError(f"{name}: expected True or False, got {show(value)} ({type(value).__name__})")
+    return value
+
+
+def dropout_argument(value) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise GrunetTypeError(f"dropout: expected a number in [0, 1], got {show(value)} ({type(value).__name__})")
+    expect(0 <= value <= 1, "dropout", "a number in [0, 1]", show(value))  # NaN fails both comparisons
+    return float(value)
+
+
+def no_projection(proj_size) -> None:
+    if isinstance(proj_size, bool) or not isinstance(proj_size, int):
+        raise GrunetTypeError(f"proj_size: expected 0 (a GRU has no projection), got {show(proj_size)} "
+                              f"({type(proj_size).__name__})")
+    expect(proj_size == 0, "proj_size", "0: a GRU has no projection (PyTorch supports proj_size only for LSTM)",
+           show(proj_size))
+
+
+def activation_argument(name) -> None:
+    if not isinstance(name, str):
+        raise GrunetTypeError(f"recurrent_activation: expected a name such as 'sigmoid', got {show(name)} "
+                              f"({type(name).__name__})")
+    activation(name)  # refuses unknown names
+
+
+def factory_arguments(device, dtype) -> dict:
+    """``device=``/``dtype=`` for the parameters: None, a torch.device or its name; a floating-point dtype."""
+    if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+        raise GrunetTypeError(f"dtype: expected a floating-point torch.dtype or None, got {show(dtype)}")
+    if device is not None:
+        try:
+            device = torch.device(device)
+        except (RuntimeError, TypeError, ValueError):
+            raise GrunetError(f"device: expected a torch.device or a name such as 'cpu', got {show(device)}") from None
+    return {"device": device, "dtype": dtype}
 
 
 def init_rnn_weights(module: nn.Module, hidden_size: int, init: str) -> None:
@@ -47,7 +108,79 @@ def init_rnn_weights(module: nn.Module, hidden_size: int, init: str) -> None:
 
 
 class GRU(nn.Module):
-    """Multi-layer GRU over a sequence; see the module docstring. forward(input, hx=None, lengths=None)."""
+    r"""A multi-layer GRU over a sequence: a drop-in for ``torch.nn.GRU`` that also runs the original Keras GRU.
+
+    For every element of the input sequence each layer computes (sigma = ``recurrent_activation``)::
+
+        reset-after (reset_after=True, the default: PyTorch, cuDNN, Keras >= 2.4)
+            r_t = sigma(W_ir x_t + b_ir + W_hr h_(t-1) + b_hr)          reset gate
+            z_t = sigma(W_iz x_t + b_iz + W_hz h_(t-1) + b_hz)          update gate
+            n_t = tanh(W_in x_t + b_in + r_t * (W_hn h_(t-1) + b_hn))   candidate state
+        reset-before (reset_after=False, the original Keras GRU: one bias per gate)
+            r_t = sigma(W_ir x_t + W_hr h_(t-1) + b_r)
+            z_t = sigma(W_iz x_t + W_hz h_(t-1) + b_z)
+            n_t = tanh(W_in x_t + W_hn (r_t * h_(t-1)) + b_n)
+        both
+            h_t = z_t * h_(t-1) + (1 - z_t) * n_t                      (z is the share of the old state kept)
+
+    ``*`` is the elementwise product. Layer k > 0 reads the outputs of layer k - 1 (both directions side by
+    side when bidirectional), with dropout between layers while training. reset-after with sigmoid gates gives
+    the same numbers as ``torch.nn.GRU`` and loads and saves its state dicts.
+
+    Args:
+        input_size: features of x (an int >= 1).
+        hidden_size: features of the state h, H (an int >= 1).
+        num_layers: stacked layers (an int >= 1; default 1).
+        bias: False drops every bias (a bool; default True).
+        batch_first: True takes and returns (batch, seq, feature) instead of (seq, batch, feature); h_n stays
+            (layers*directions, batch, H) either way (a bool; default False).
+        dropout: probability of zeroing each output of every layer but the last while training (a number in
+            [0, 1]; default 0).
+        bidirectional: True adds a reverse direction to every layer (a bool; default False).
+        proj_size: only 0: a GRU has no projection (PyTorch offers it for LSTM only).
+        reset_after: keyword only; False = the reset-before variant above (a bool; default True).
+        recurrent_activation: keyword only; the gates' sigma: "sigmoid" (default), "hard_sigmoid_keras2"
+            = clip(0.2 x + 0.5, 0, 1) or "hard_sigmoid_keras3" = clip(x / 6 + 0.5, 0, 1).
+        impl: keyword only; "auto" (the fused CPU kernel where it can run, else the reference loop with one
+            warning), "fused" (the kernel or an error) or "reference" (the plain loop of grunet.reference).
+        init: keyword only; "torch" (every parameter ~ U(-1/sqrt(H), 1/sqrt(H)), as nn.GRU) or "keras"
+            (glorot-uniform input weights, orthogonal recurrent weights, zero biases).
+        device, dtype: keyword only; where the parameters live and their floating-point type.
+
+    Inputs: ``input, hx=None, lengths=None``
+        input: (L, N, input_size), (N, L, input_size) when batch_first, (L, input_size) unbatched, or a
+            ``torch.nn.utils.rnn.PackedSequence``. L >= 1; N may be 0.
+        hx: initial state (num_layers * num_directions, N, H), or (num_layers * num_directions, H) for an
+            unbatched input; None means zeros. Rows are ordered layer by layer, forward direction first.
+        lengths: grunet's addition: N valid lengths in [1, L] (an integer tensor or list) for a padded batch;
+            steps past a sequence's length leave its state alone and output zeros, and its reverse pass starts
+            at its own last valid step: the numbers of a PackedSequence, without packing.
+
+    Outputs: ``(output, h_n)``
+        output: (L, N, D * H) ((N, L, D * H) when batch_first, (L, D * H) unbatched; a PackedSequence for a
+            packed input) with D = 2 if bidirectional else 1: the last layer's h_t for every t.
+        h_n: (num_layers * D, N, H) (unbatched: (num_layers * D, H)): every layer's and direction's final state.
+
+    Attributes (k: layer, suffix "" or "_reverse"; rows of every matrix in blocks r | z | n):
+        weight_ih_l{k}{suffix}: (3H, input_size) for k = 0, else (3H, D * H).
+        weight_hh_l{k}{suffix}: (3H, H).
+        bias_ih_l{k}{suffix}, bias_hh_l{k}{suffix}: (3H,) each (reset-after with bias).
+        bias_l{k}{suffix}: (3H,) (reset-before with bias: one bias per gate).
+        all_weights, _flat_weights, _flat_weights_names, _all_weights: the parameters and their names in
+            nn.GRU's order, for code that reads them; flatten_parameters() is accepted and does nothing.
+
+    Differences from torch.nn.GRU: ``isinstance(gru, torch.nn.GRU)`` is False (a subclass would make
+    torch.compile break its graph at every layer); test with ``isinstance(m, grunet.GRU_TYPES)``. Bad
+    arguments and inputs raise ``grunet.GrunetError`` (a ValueError and a RuntimeError; a wrong type also a
+    TypeError) with one line: what, what was expected, what came.
+
+    Example::
+
+        >>> gru = grunet.GRU(28, 75, batch_first=True)
+        >>> out, h_n = gru(torch.randn(50, 28, 28))            # (50, 28, 75), (1, 50, 75)
+        >>> keras = grunet.GRU(28, 75, batch_first=True, reset_after=False, init="keras",
+        ...                    recurrent_activation="hard_sigmoid_keras2")
+    """
 
     def __init__(
         self,
@@ -58,6 +191,7 @@ class GRU(nn.Module):
         batch_first: bool = False,
         dropout: float = 0.0,
         bidirectional: bool = False,
+        proj_size: int = 0,
         *,
         reset_after: bool = True,
         recurrent_activation: str = "sigmoid",
@@ -67,17 +201,28 @@ class GRU(nn.Module):
         dtype=None,
     ) -> None:
         super().__init__()
-        for name, value in (("input_size", input_size), ("hidden_size", hidden_size), ("num_layers", num_layers)):
-            expect(isinstance(value, int) and value >= 1, name, "an integer >= 1", repr(value))
-        expect(isinstance(dropout, (int, float)) and 0 <= dropout <= 1, "dropout", "a number in [0, 1]", repr(dropout))
-        activation(recurrent_activation)  # validates the name
+        integer_argument("input_size", input_size)
+        integer_argument("hidden_size", hidden_size)
+        integer_argument("num_layers", num_layers)
+        for name, value in (("bias", bias), ("batch_first", batch_first), ("bidirectional", bidirectional),
+                            ("reset_after", reset_after)):
+            bool_argument(name, value)
+        dropout = dropout_argument(dropout)
+        no_projection(proj_size)
+        activation_argument(recurrent_activation)
+        expect(isinstance(init, str) and init in INITS, "init", f"one of {list(INITS)}", show(init))
+        factory = factory_arguments(device, dtype)
+        if dropout > 0 and num_layers == 1:  # as nn.GRU: dropout only acts between layers
+            warnings.warn(f"dropout={dropout} with num_layers=1 does nothing: grunet.GRU (like torch.nn.GRU) "
+                          "applies dropout between stacked layers only", stacklevel=2)
         self.input_size, self.hidden_size, self.num_layers = input_size, hidden_size, num_layers
-        self.bias, self.batch_first, self.dropout = bias, batch_first, float(dropout)
-        self.bidirectional, self.reset_after = bidirectional, reset_after
+        self.bias, self.batch_first, self.dropout = bias, batch_first, dropout
+        self.bidirectional, self.reset_after, self.proj_size = bidirectional, reset_after, 0
         self.recurrent_activation, self.impl = recurrent_activation, check_impl(impl)
         self.mode = "GRU"  # as nn.RNNBase, for code that inspects it
-        factory = {"device": device, "dtype": dtype}
         H, D = hidden_size, 2 if bidirectional else 1
+        # nn.RNNBase's bookkeeping of parameter names, per layer and direction, then flat
+        self._all_weights: list[list[str]] = []
         for k in range(num_layers):
             width = input_size if k == 0 else H * D
             for suffix in self._suffixes():
@@ -88,8 +233,27 @@ class GRU(nn.Module):
                     self.register_parameter(f"bias_hh_l{k}{suffix}", nn.Parameter(torch.empty(3 * H, **factory)))
                 elif bias:
                     self.register_parameter(f"bias_l{k}{suffix}", nn.Parameter(torch.empty(3 * H, **factory)))
+                self._all_weights.append([n for n in self.layer_weight_names(k, suffix) if n is not None])
+        self._flat_weights_names: list[str] = [n for names in self._all_weights for n in names]
         self.init = init
         self.reset_parameters(init)
+
+    @property
+    def _flat_weights(self) -> list[Tensor]:
+        """The parameters in nn.GRU's order, read afresh on every access, so that weight_norm and
+        parametrizations (which replace a parameter by a computed tensor) are seen as they are now."""
+        return [getattr(self, n) for n in self._flat_weights_names]
+
+    @property
+    def all_weights(self) -> list[list[Tensor]]:
+        """[w_ih, w_hh, biases...] per layer and direction, as nn.GRU.all_weights."""
+        return [[getattr(self, n) for n in names] for names in self._all_weights]
+
+    def flatten_parameters(self) -> None:
+        """Does nothing, and that is right. nn.GRU copies its weights into one contiguous buffer for cuDNN
+        here (and does nothing on CPU too); grunet's kernels read the parameters as they are (the fused CPU
+        kernel packs them itself on every call), so there is nothing to flatten. It exists so that models
+        written for nn.GRU, which call ``self.rnn.flatten_parameters()``, run unchanged."""
 
     def _suffixes(self) -> tuple[str, ...]:
         return ("", "_reverse") if self.bidirectional else ("",)
@@ -177,6 +341,8 @@ class GRU(nn.Module):
         if batch_first:
             x = x.transpose(0, 1)
         T, B = x.shape[0], x.shape[1]
+        if T == 0:
+            raise GrunetError(f"input: expected a sequence of length >= 1, got shape {tuple(input.shape)}")
         LD, H = self.num_layers * (2 if self.bidirectional else 1), self.hidden_size
         if hx is None:
             h0 = None
@@ -191,10 +357,16 @@ class GRU(nn.Module):
                 raise GrunetError(f"h0: expected dtype {x.dtype} on device {x.device}, got {hx.dtype} on {hx.device}")
             h0 = hx.unsqueeze(1) if unbatched else hx
         if lengths is not None:
-            lengths = torch.as_tensor(lengths)
+            if not isinstance(lengths, Tensor):
+                try:
+                    lengths = torch.as_tensor(lengths)
+                except (TypeError, ValueError, RuntimeError):
+                    raise GrunetError(f"lengths: expected a 1-D integer tensor or list of {B} lengths, got "
+                                      f"{show(lengths)}") from None
+            if lengths.dtype not in INTEGER_DTYPES:
+                raise GrunetError(f"lengths: expected integer values, got {lengths.dtype}")
             expect(lengths.dim() == 1 and lengths.shape[0] == B, "lengths", f"a 1-D tensor of {B} lengths (one per sequence)",
                    f"shape {tuple(lengths.shape)}")
-            expect(not lengths.is_floating_point() and not lengths.is_complex(), "lengths", "integer values", lengths.dtype)
             if B:
                 lo, hi = int(lengths.min()), int(lengths.max())
                 expect(lo >= 1 and hi <= T, "lengths", f"values in [1, {T}] (the sequence length)", f"min {lo}, max {hi}")
@@ -221,7 +393,42 @@ class GRU(nn.Module):
 
 
 class GRUCell(nn.Module):
-    """One GRU step, a drop-in for torch.nn.GRUCell: forward(input (B, I) or (I,), hx=None) -> h' ."""
+    r"""One GRU step: a drop-in for ``torch.nn.GRUCell`` that also runs the original Keras GRU's step.
+
+    With x: input, h: previous state, sigma: ``recurrent_activation``::
+
+        reset-after (reset_after=True, the default; the same numbers as torch.nn.GRUCell)
+            r = sigma(W_ir x + b_ir + W_hr h + b_hr)
+            z = sigma(W_iz x + b_iz + W_hz h + b_hz)
+            n = tanh(W_in x + b_in + r * (W_hn h + b_hn))
+        reset-before (reset_after=False, the original Keras GRU: one bias per gate)
+            r = sigma(W_ir x + W_hr h + b_r)
+            z = sigma(W_iz x + W_hz h + b_z)
+            n = tanh(W_in x + W_hn (r * h) + b_n)
+        both
+            h' = z * h + (1 - z) * n
+
+    Args:
+        input_size: features of x (an int >= 1).
+        hidden_size: features of h, H (an int >= 1).
+        bias: False drops the biases (a bool; default True).
+        reset_after, recurrent_activation, init, device, dtype: keyword only, as for grunet.GRU.
+
+    Inputs: ``input, hx=None``
+        input: (N, input_size) or (input_size,) unbatched. N may be 0.
+        hx: (N, H) or (H,) unbatched, the same batch as input (no broadcasting); None means zeros.
+
+    Output: h' of hx's shape, (N, H) or (H,).
+
+    Attributes (rows in blocks r | z | n):
+        weight_ih: (3H, input_size); weight_hh: (3H, H).
+        bias_ih, bias_hh: (3H,) each for reset-after (None when bias=False, as in nn.GRUCell).
+        bias: for reset-before with bias, the one (3H,) bias per gate (else the bool argument).
+
+    ``isinstance(cell, torch.nn.GRUCell)`` is False; test with ``isinstance(m, grunet.GRU_CELL_TYPES)``.
+    Bad arguments and inputs raise ``grunet.GrunetError`` (a ValueError and a RuntimeError; a wrong type
+    also a TypeError) with one line.
+    """
 
     def __init__(
         self,
@@ -236,12 +443,16 @@ class GRUCell(nn.Module):
         dtype=None,
     ) -> None:
         super().__init__()
-        for name, value in (("input_size", input_size), ("hidden_size", hidden_size)):
-            expect(isinstance(value, int) and value >= 1, name, "an integer >= 1", repr(value))
+        integer_argument("input_size", input_size)
+        integer_argument("hidden_size", hidden_size)
+        bool_argument("bias", bias)
+        bool_argument("reset_after", reset_after)
+        activation_argument(recurrent_activation)
+        expect(isinstance(init, str) and init in INITS, "init", f"one of {list(INITS)}", show(init))
+        factory = factory_arguments(device, dtype)
         self.sigma = activation(recurrent_activation)
         self.input_size, self.hidden_size, self.bias = input_size, hidden_size, bias
         self.reset_after, self.recurrent_activation, self.init = reset_after, recurrent_activation, init
-        factory = {"device": device, "dtype": dtype}
         H = hidden_size
         self.weight_ih = nn.Parameter(torch.empty(3 * H, input_size, **factory))
         self.weight_hh = nn.Parameter(torch.empty(3 * H, H, **factory))
@@ -250,29 +461,44 @@ class GRUCell(nn.Module):
             self.bias_hh = nn.Parameter(torch.empty(3 * H, **factory))
         elif bias:
             self.bias = nn.Parameter(torch.empty(3 * H, **factory))  # type: ignore[assignment]
+        elif reset_after:  # nn.GRUCell(bias=False) has them, as None
+            self.register_parameter("bias_ih", None)
+            self.register_parameter("bias_hh", None)
         self.reset_parameters(init)
 
     def reset_parameters(self, init: Optional[str] = None) -> None:
         init_rnn_weights(self, self.hidden_size, init or self.init)
 
     def extra_repr(self) -> str:
-        return f"{self.input_size}, {self.hidden_size}, reset_after={self.reset_after}"
+        s = f"{self.input_size}, {self.hidden_size}"
+        if self.bias is False:
+            s += ", bias=False"
+        s += f", reset_after={self.reset_after}"
+        if self.recurrent_activation != "sigmoid":
+            s += f", recurrent_activation={self.recurrent_activation!r}"
+        return s
 
     def forward(self, input: Tensor, hx: Optional[Tensor] = None) -> Tensor:
         w = self.weight_ih
-        expect(isinstance(input, Tensor) and input.dim() in (1, 2), "input", "a 1-D (unbatched) or 2-D tensor",
-               tuple(input.shape) if isinstance(input, Tensor) else type(input).__name__)
+        if not isinstance(input, Tensor):
+            raise GrunetError(f"input: expected a torch.Tensor, got {type(input).__name__}")
+        expect(input.dim() in (1, 2), "input", "a 1-D (unbatched) or 2-D (batch, input_size) tensor",
+               f"{input.dim()}-D shape {tuple(input.shape)}")
         expect(input.shape[-1] == self.input_size, "input", f"last dimension input_size={self.input_size}",
                f"shape {tuple(input.shape)}")
-        expect(input.dtype == w.dtype, "input", f"dtype {w.dtype}", input.dtype)
-        expect(input.device == w.device, "input", f"device {w.device}", input.device)
+        expect(input.dtype == w.dtype, "input", f"dtype {w.dtype} (the parameters' dtype)", input.dtype)
+        expect(input.device == w.device, "input", f"device {w.device} (the parameters' device)", input.device)
         unbatched = input.dim() == 1
         x = input.unsqueeze(0) if unbatched else input
         if hx is None:
             h = torch.zeros(x.shape[0], self.hidden_size, dtype=x.dtype, device=x.device)
         else:
+            if not isinstance(hx, Tensor):
+                raise GrunetError(f"hx: expected a torch.Tensor or None, got {type(hx).__name__}")
+            # the state must match the input's batch exactly: no broadcasting, as nn.GRUCell
             want = (self.hidden_size,) if unbatched else (x.shape[0], self.hidden_size)
-            expect(tuple(hx.shape) == want, "hx", f"shape {want}", tuple(hx.shape))
+            expect(tuple(hx.shape) == want, "hx", f"shape {want} (batch, hidden_size) like the input's batch",
+                   tuple(hx.shape))
             expect(hx.dtype == x.dtype and hx.device == x.device, "hx", f"{x.dtype} on {x.device}",
                    f"{hx.dtype} on {hx.device}")
             h = hx.unsqueeze(0) if unbatched else hx
@@ -284,3 +510,10 @@ class GRUCell(nn.Module):
             b_ih = b_hh = None
         h_new = gru_step(x, h, self.weight_ih, self.weight_hh, b_ih, b_hh, reset_after=self.reset_after, sigma=self.sigma)
         return h_new.squeeze(0) if unbatched else h_new
+
+
+# For type-based code (initialisers, layer surgery) that should treat both implementations alike:
+# isinstance(m, GRU_TYPES). grunet.GRU is not an nn.GRU subclass: torch.compile refuses to trace into any
+# nn.GRU instance and would break its graph at every grunet layer.
+GRU_TYPES = (nn.GRU, GRU)
+GRU_CELL_TYPES = (nn.GRUCell, GRUCell)
