@@ -17,6 +17,7 @@ import hashlib
 import os
 import platform
 import shutil
+import sys
 import time
 from pathlib import Path
 from types import ModuleType
@@ -27,7 +28,11 @@ from .. import KernelUnavailable
 HERE = Path(__file__).resolve().parent
 SOURCES = ("bindings.cpp", "gru_forward.cpp", "gru_backward.cpp", "gru_autograd.cpp")
 HEADERS = ("gru_cpu.h", "small_gemm.h")
-CFLAGS = ["-O3", "-march=native", "-ffast-math", "-fopenmp", "-std=c++17"]
+# no -ffast-math: it lets the compiler assume finite values, and NaN or inf then vanish from the results
+# (torch.nn.GRU propagates them). Contraction into FMA is kept (it changes rounding only), and errno and
+# trapping are off (nothing reads errno or enables FP traps), which lets more of the gate loops vectorise.
+CFLAGS = ["-O3", "-march=native", "-fno-math-errno", "-fno-trapping-math", "-ffp-contract=fast", "-fopenmp",
+          "-std=c++17"]
 LDFLAGS = ["-fopenmp"]
 
 _module: Optional[ModuleType] = None
@@ -59,6 +64,13 @@ def cache_key() -> str:
     return h.hexdigest()[:16]
 
 
+def build_directory(name: str) -> Path:
+    """Where torch builds and caches the extension called ``name`` ($TORCH_EXTENSIONS_DIR or its default)."""
+    from torch.utils import cpp_extension
+
+    return Path(cpp_extension._get_build_directory(name, verbose=False))
+
+
 def load() -> ModuleType:
     """The compiled module, building it on first use; raises KernelUnavailable with the reason."""
     global _module, _error, build_seconds
@@ -74,8 +86,13 @@ def load() -> ModuleType:
     try:
         from torch.utils import cpp_extension
 
+        name = f"grunet_cpu_{cache_key()}"
+        directory = build_directory(name)
+        if not (directory / f"{name}.so").exists():  # a build, not a load from the cache: say why we wait
+            print(f"grunet: compiling the fused CPU kernel (once, about a minute); cached in {directory}",
+                  file=sys.stderr, flush=True)
         _module = cpp_extension.load(
-            name=f"grunet_cpu_{cache_key()}",
+            name=name,
             sources=[str(HERE / s) for s in SOURCES],
             extra_cflags=CFLAGS,
             extra_ldflags=LDFLAGS,
