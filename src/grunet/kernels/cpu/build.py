@@ -5,11 +5,14 @@ that carries a hash of the C++ sources, the flags, the torch version and the CPU
 or a different machine builds afresh instead of loading a stale library. The first build takes about a
 minute (torch's headers dominate); later loads take well under a second.
 
-Flags: ``-O3 -march=native -ffast-math -fopenmp`` so that the ``#pragma omp simd`` gate loops are
-vectorised (float32 with an inline exp, float64 with glibc's vector exp/tanh; DESIGN.md section 5), the
-products use the CPU's widest vectors (AVX-512 here), and ATen's at::parallel_for (an inline
-``#pragma omp parallel`` in the headers) really runs threads. The library needs libgomp.so.1, the soname
-of the libgomp torch ships and has already loaded, so the process keeps a single OpenMP runtime.
+Flags: ``-O3 -march=native -fopenmp`` so that the ``#pragma omp simd`` gate loops are vectorised (with an
+inline exp in both precisions, see gru_cpu.h), the products use the CPU's widest vectors (AVX-512 here),
+and ATen's at::parallel_for (an inline ``#pragma omp parallel`` in the headers) really runs threads. No
+``-ffast-math``: it lets the compiler assume that no value is NaN or infinite, and such values then vanish
+from the results where torch.nn.GRU propagates them; of what it bundles only the parts that keep IEEE
+semantics are on (FMA contraction: rounding only; no errno, no traps: nothing reads them). The library
+needs libgomp.so.1, the soname of the libgomp torch ships and has already loaded, so the process keeps a
+single OpenMP runtime. The first build says so on stderr, in one line.
 """
 from __future__ import annotations
 

@@ -3,12 +3,13 @@
 // Shapes (one layer, one direction): x (T, B, I), h (B, H), w_ih (3H, I), w_hh (3H, H), rows r | z | n.
 // The equations are in gru_forward.cpp (forward) and gru_backward.cpp (their derivatives).
 //
-// Why the code looks the way it does (DESIGN.md section 5):
+// Why the code looks the way it does:
 //  * the per-step products run in a register-blocked kernel on weights packed once per call
 //    (small_gemm.h), ~110 GFLOP/s per core here, ~95% of the FMA peak; MKL ran them at ~35;
 //  * kernel-private buffers use a padded gate layout (rows of Hp = H rounded up to whole vectors, see
-//    padded_units), so every elementwise pass is whole vectors; float32 sigmoid/tanh use an inline
-//    polynomial exp that GCC vectorises inside the `#pragma omp simd` loops (no libm call per vector);
+//    padded_units), so every elementwise pass is whole vectors; sigmoid/tanh use an inline polynomial exp
+//    that GCC vectorises inside the `#pragma omp simd` loops (no libm call per vector) and that keeps NaN
+//    and inf as libm does (the library is built without -ffast-math, see build.py);
 //  * rows of a batch do not interact, so threads split the batch and each runs the whole time loop on
 //    its own rows: no synchronisation per time step;
 //  * a fresh state (h0 = 0) skips step 0's W_hh h product and those rows of dW_hh; dh0's product runs
