@@ -437,6 +437,15 @@ def test_fused_refuses_a_dtype_the_kernel_does_not_run_and_auto_falls_back(dtype
     assert out.dtype == dtype and torch.equal(out, ref_out) and torch.equal(h, ref_h)
 
 
+def test_fused_names_the_device_it_has_no_kernel_for():
+    x = torch.empty(3, 2, 4, device="meta")
+    with pytest.raises(GrunetError) as refused:
+        kernels.layer_function("fused", x)
+    assert str(refused.value) == ("impl: 'fused' was asked for, but the fused kernel is unavailable: no fused GRU "
+                                  "kernel for device type 'meta' (there is one for: cpu)")
+    assert kernels.layer_function("auto", x) is reference_layer
+
+
 def test_build_says_once_what_it_does_and_where_only_when_it_builds(monkeypatch, tmp_path, capsys):
     from torch.utils import cpp_extension
 

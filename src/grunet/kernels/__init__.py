@@ -47,7 +47,8 @@ def kernel_module(device_type: str):
     and ``SUPPORTED_DTYPES``."""
     name = _FUSED_MODULES.get(device_type)
     if name is None:
-        raise KernelUnavailable(f"no fused GRU kernel for device type {device_type!r}")
+        raise KernelUnavailable(f"no fused GRU kernel for device type {device_type!r} (there is one for: "
+                                f"{', '.join(_FUSED_MODULES)})")
     module = _imported.get(name)
     if module is None:
         try:
