@@ -416,6 +416,60 @@ def test_unsupported_dtype_uses_reference():
     assert torch.equal(out, ref_out) and torch.equal(h, ref_h)
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_fused_refuses_a_dtype_the_kernel_does_not_run_and_auto_falls_back(dtype, monkeypatch):
+    monkeypatch.setattr(kernels, "_warned", set())
+    x = torch.randn(5, 2, 3).to(dtype)
+    fused = grunet.GRU(3, 4, impl="fused").to(dtype)
+    with pytest.raises(GrunetError) as refused:
+        fused(x)
+    name = str(dtype).replace("torch.", "")
+    assert str(refused.value) == ("impl='fused': expected float32 or float64 input on cpu (impl='auto' runs other "
+                                  f"dtypes in the reference loop), got {name}")
+    auto = grunet.GRU(3, 4, impl="auto").to(dtype)
+    ref = grunet.GRU(3, 4, impl="reference").to(dtype)
+    auto.load_state_dict(fused.state_dict())
+    ref.load_state_dict(fused.state_dict())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the reference loop without a warning: the dtype was the user's choice
+        out, h = auto(x)
+    ref_out, ref_h = ref(x)
+    assert out.dtype == dtype and torch.equal(out, ref_out) and torch.equal(h, ref_h)
+
+
+def test_fused_names_the_device_it_has_no_kernel_for():
+    x = torch.empty(3, 2, 4, device="meta")
+    with pytest.raises(GrunetError) as refused:
+        kernels.layer_function("fused", x)
+    assert str(refused.value) == ("impl: 'fused' was asked for, but the fused kernel is unavailable: no fused GRU "
+                                  "kernel for device type 'meta' (there is one for: cpu)")
+    assert kernels.layer_function("auto", x) is reference_layer
+
+
+def test_build_says_once_what_it_does_and_where_only_when_it_builds(monkeypatch, tmp_path, capsys):
+    from torch.utils import cpp_extension
+
+    build = cpu.build
+    monkeypatch.setattr(build, "_module", None)
+    monkeypatch.setattr(build, "_error", None)
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
+    names = []
+
+    def compile_and_load(name, **kwargs):  # what a build leaves in the cache: the library
+        names.append(name)
+        (tmp_path / name / f"{name}.so").write_bytes(b"")
+        return "module"
+
+    monkeypatch.setattr(cpp_extension, "load", compile_and_load)
+    assert build.load() == "module"
+    err = capsys.readouterr().err
+    assert err == (f"grunet: compiling the fused CPU kernel (once, about a minute); cached in "
+                   f"{tmp_path / names[0]}\n")
+    monkeypatch.setattr(build, "_module", None)  # the next process loads the library from the cache
+    assert build.load() == "module"
+    assert capsys.readouterr().err == "" and names == [names[0]] * 2
+
+
 # ----------------------------------------------------------------------------------------------------
 def tutorial_losses(impl, steps=200):
     """The seed recipe's model (GRU(75) on 28 rows of 28 pixels, Dense(10), Adam 1e-3, batch 50) on
@@ -520,3 +574,170 @@ def test_strided_batch_first_input_equals_contiguous(dtype):
             got = run_layer(cpu.gru_layer, strided, upstream) if grad else cpu.gru_layer(*strided)
         for name, a, b in zip(NAMES, expected, got):
             assert_close(a, b, 1e-12, name)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Non-finite values: NaN and +-inf must come out where torch.nn.GRU (and, for the variants torch lacks, the
+# reference loop) puts them, in values and every gradient, through the training forward, the backward
+# and the no-grad path. With lengths the oracle runs each sequence alone over its own steps (what
+# torch.nn.GRU does with packed sequences): a padded step takes no part, whatever it holds.
+def torch_layer(x, h0, w_ih, w_hh, b_ih, b_hh, *, reverse=False, **_):
+    """torch.nn.GRU (reset-after, sigmoid) with the given tensors as its parameters."""
+    gru = torch.nn.GRU(w_ih.shape[1], w_hh.shape[1], dtype=x.dtype)
+    params = {"weight_ih_l0": w_ih, "weight_hh_l0": w_hh, "bias_ih_l0": b_ih, "bias_hh_l0": b_hh}
+    out, h_n = torch.func.functional_call(gru, params, (x.flip(0) if reverse else x,
+                                                        None if h0 is None else h0.unsqueeze(0)))
+    return (out.flip(0) if reverse else out), h_n[0]
+
+
+def each_sequence_alone(fn):
+    """fn applied to each sequence of the batch over its first lengths[b] steps, outputs zero-padded."""
+    def layer(x, h0, *weights, lengths=None, **kw):
+        T, B = x.shape[:2]
+        outs, states = [], []
+        for b in range(B):
+            L = T if lengths is None else int(lengths[b])
+            out, h_n = fn(x[:L, b:b + 1], None if h0 is None else h0[b:b + 1], *weights, **kw)
+            outs.append(torch.cat([out, out.new_zeros(T - L, 1, out.shape[2])]))
+            states.append(h_n)
+        return torch.cat(outs, 1), torch.cat(states, 0)
+    return layer
+
+
+def assert_same_nonfinite(expected, got, tol, what):
+    """The same NaN, +inf and -inf positions, and the finite values within tol (as in assert_close)."""
+    assert expected.shape == got.shape, what
+    for name, mask in (("NaN", torch.isnan), ("+inf", torch.isposinf), ("-inf", torch.isneginf)):
+        e, g = mask(expected), mask(got)
+        assert torch.equal(e, g), f"{what}: {name} at {int(e.sum())} positions expected, got {int(g.sum())}"
+    finite = torch.isfinite(expected)
+    assert_close(expected[finite], got[finite], tol, what)
+
+
+# (T, B, I, H) = (5, 3, 4, 6); lengths [5, 2, 4]: (t=1, b=1) is a step of sequence 1, (t=3, b=1) padding
+NONFINITE_LENGTHS = torch.tensor([5, 2, 4])
+PLACES = {  # name -> (tensor index in layer_inputs' list or "dout"/"dh_n", index in it)
+    "x": (0, (1, 1, 2)), "x padded step": (0, (3, 1, 2)), "h0": (1, (1, 3)),
+    **{f"{w} {gate}": (i, (g * 6 + 4, 1) if w.startswith("w") else (g * 6 + 4,))
+       for i, w in ((2, "w_ih"), (3, "w_hh"), (4, "b_ih"), (5, "b_hh")) for g, gate in enumerate("rzn")},
+    "dout": ("dout", (1, 1, 2)), "dout padded step": ("dout", (3, 1, 2)), "dh_n": ("dh_n", (1, 2)),
+}
+VALUES = {"nan": float("nan"), "+inf": float("inf"), "-inf": float("-inf")}
+
+
+def nonfinite_case(dtype, reset_after, place, value, h0_kind="random", seed=3):
+    tensors, upstream = layer_inputs(5, 3, 4, 6, dtype, reset_after, True, seed)
+    which, index = PLACES[place]
+    if which == "dout":
+        upstream[0][index] = VALUES[value]
+    elif which == "dh_n":
+        upstream[1][index] = VALUES[value]
+    else:
+        tensors[which][index] = VALUES[value]
+    if h0_kind == "zero" and place != "h0":
+        tensors[1].zero_()
+    elif h0_kind == "none" and place != "h0":
+        tensors[1] = None
+    return tensors, upstream
+
+
+def check_nonfinite(oracle, tensors, upstream, tol, **kw):
+    names = [n for n, t in zip(NAMES, [0, 0] + tensors) if t is not None]
+    expected = run_layer(each_sequence_alone(oracle), tensors, upstream, **kw)
+    got = run_layer(cpu.gru_layer, tensors, upstream, **kw)
+    for name, a, b in zip(names, expected, got):
+        assert_same_nonfinite(a, b, tol, name)
+    with torch.no_grad():  # the inference path
+        inferred = cpu.gru_layer(*tensors, **kw)
+    for name, a, b in zip(names, expected, inferred):
+        assert_same_nonfinite(a, b, tol, f"{name} without grad")
+
+
+NONFINITE_TORCH_CASES = [
+    (dtype, place, value, h0_kind, use_lengths, reverse)
+    for dtype in (torch.float32, torch.float64) for place in PLACES for value in VALUES
+    for h0_kind, use_lengths, reverse in (("random", False, False), ("random", True, False),
+                                          ("random", False, True), ("random", True, True),
+                                          ("zero", False, False), ("none", True, True))
+    if not (h0_kind != "random" and place == "h0")]  # no h0 to put a value in
+
+
+@pytest.mark.parametrize("dtype,place,value,h0_kind,use_lengths,reverse", NONFINITE_TORCH_CASES)
+def test_nonfinite_values_propagate_as_in_torch_gru(dtype, place, value, h0_kind, use_lengths, reverse):
+    """NaN, +inf or -inf in one element of x, h0, each gate block of each weight and bias, or the upstream
+    gradient; a zero or absent h0 (the kernel's shortcuts for a fresh state must not hide 0 * NaN)."""
+    tensors, upstream = nonfinite_case(dtype, True, place, value, h0_kind)
+    check_nonfinite(torch_layer, tensors, upstream, TOL[dtype],
+                    lengths=NONFINITE_LENGTHS if use_lengths else None, reverse=reverse)
+
+
+NONFINITE_VARIANT_CASES = [
+    (dtype, reset_after, activation, place, value, both)
+    for dtype in (torch.float32, torch.float64)
+    for reset_after, activation in ((True, "hard_sigmoid_keras2"), (False, "sigmoid"), (False, "hard_sigmoid_keras3"))
+    for place in PLACES for value in VALUES for both in (False, True)
+    # an infinite upstream gradient is where the two ways of writing h' differ: torch's (h - n) z + n,
+    # which the kernel follows, gives inf (h - n); the reference's z h + (1 - z) n gives inf h - inf n
+    if not (PLACES[place][0] in ("dout", "dh_n") and value != "nan")
+    and not (place.startswith("b_hh") and not reset_after)]  # reset-before has one bias
+
+
+@pytest.mark.parametrize("dtype,reset_after,activation,place,value,lengths_and_reverse", NONFINITE_VARIANT_CASES)
+def test_nonfinite_values_propagate_as_in_reference(dtype, reset_after, activation, place, value,
+                                                    lengths_and_reverse):
+    """The variants torch.nn.GRU lacks (reset-before, hard sigmoid) against the reference loop."""
+    tensors, upstream = nonfinite_case(dtype, reset_after, place, value)
+    check_nonfinite(reference_layer, tensors, upstream, TOL[dtype], reset_after=reset_after,
+                    activation_name=activation, lengths=NONFINITE_LENGTHS if lengths_and_reverse else None,
+                    reverse=lengths_and_reverse)
+
+
+@pytest.mark.parametrize("dtype,scale", [(torch.float32, 1e38), (torch.float32, -1e38), (torch.float64, 1e38),
+                                         (torch.float64, 1e300), (torch.float64, -1e300)])
+@pytest.mark.parametrize("reset_after", [True, False])
+def test_huge_initial_state_as_in_torch_gru(dtype, scale, reset_after):
+    """h0 = +-1e38: the products overflow to +-inf in float32 (float64: 1e300 does), and sigmoid(-inf) = 0
+    times an infinite difference (h - n) is NaN, as in torch."""
+    tensors, upstream = layer_inputs(5, 3, 4, 6, dtype, reset_after, True, seed=5)
+    tensors[1] = torch.full_like(tensors[1], scale)
+    oracle = torch_layer if reset_after else reference_layer
+    check_nonfinite(oracle, tensors, upstream, TOL[dtype], reset_after=reset_after)
+
+
+@pytest.mark.parametrize("place", ["x", "h0", "w_hh z", "b_ih n", "dout", "dh_n"])
+@pytest.mark.parametrize("shape,threads", [((4, 40, 3, 20), 2), ((3, 6, 4, 300), 1)])
+def test_nonfinite_values_in_split_batches_and_wide_layers(place, shape, threads):
+    """Two chunks of the batch on two threads, and a layer wide enough for BLAS and the big-weights
+    inference loop."""
+    T, B, I, H = shape
+    tensors, upstream = layer_inputs(T, B, I, H, torch.float32, True, True, seed=9)
+    which, _ = PLACES[place]
+    index = {"x": (1, B - 2, 1), "h0": (B - 2, 3), "w_hh z": (H + 4, 1), "b_ih n": (2 * H + 4,),
+             "dout": (1, B - 2, 2), "dh_n": (B - 2, 2)}[place]
+    if which == "dout":
+        upstream[0][index] = float("nan")
+    elif which == "dh_n":
+        upstream[1][index] = float("nan")
+    else:
+        tensors[which][index] = float("nan")
+    cpu.set_threads(threads)
+    try:
+        check_nonfinite(torch_layer, tensors, upstream, TOL[torch.float32])
+    finally:
+        cpu.set_threads(None)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+def test_activations_at_extreme_and_nonfinite_inputs(dtype, activation):
+    """sigmoid, hard sigmoid and tanh of +-inf, NaN, and of values past exp's overflow: through a
+    one-unit layer whose gates see exactly a chosen value (weights 1 and 0, no recurrence)."""
+    a = torch.tensor([float("nan"), float("inf"), -float("inf"), 100.0, -100.0, 88.5, -88.5, 90.0, -90.0,
+                      710.0, -710.0, 1e-8, -1e-8, 0.0, 3.0, -3.0], dtype=dtype)
+    x = a.view(1, -1, 1)
+    w_ih = torch.tensor([[0.0], [0.0], [1.0]], dtype=dtype)  # r = z = sigma(0), n = tanh(x)
+    w_hh = torch.zeros(3, 1, dtype=dtype)
+    for w, name in ((torch.tensor([[1.0], [1.0], [0.0]], dtype=dtype), "sigma"), (w_ih, "tanh")):
+        tensors = [x, torch.zeros(a.numel(), 1, dtype=dtype), w, w_hh, None, None]
+        upstream = (torch.ones(1, a.numel(), 1, dtype=dtype), torch.zeros(a.numel(), 1, dtype=dtype))
+        check_nonfinite(reference_layer, tensors, upstream, TOL[dtype], activation_name=activation)

@@ -5,9 +5,11 @@ Every implementation is a function with the signature of ``grunet.reference.gru_
 reverse) -> (output (T,B,H), h_n (B,H))``, differentiable through autograd.
 
 impl="reference": the plain PyTorch loop (always available).
-impl="fused":     the compiled kernel for the input's device; raises if it cannot be had.
+impl="fused":     the compiled kernel for the input's device and dtype; raises GrunetError if it cannot be
+                  had (no kernel for the device, a dtype it does not run, a failed build).
 impl="auto":      the fused kernel when it is available for the input, else the reference, with one warning
-                  when a kernel exists for the device but could not be built or loaded.
+                  when a kernel exists for the device but could not be built or loaded (a dtype the
+                  kernel does not run, such as float16, goes to the reference without a word).
 Kernels are imported lazily so that importing grunet needs neither a compiler nor CUDA.
 """
 from __future__ import annotations
@@ -40,17 +42,25 @@ def check_impl(impl: str) -> str:
 _imported: dict[str, object] = {}  # module name -> the imported kernel module (import_module costs ~3 us a call)
 
 
-def fused_layer(device_type: str) -> Callable:
-    """The fused layer function for ``device_type``, building the kernel on first use."""
+def kernel_module(device_type: str):
+    """The module of the fused kernel for ``device_type`` (imported, not built): ``load()``, ``gru_layer``
+    and ``SUPPORTED_DTYPES``."""
     name = _FUSED_MODULES.get(device_type)
     if name is None:
-        raise KernelUnavailable(f"no fused GRU kernel for device type {device_type!r}")
+        raise KernelUnavailable(f"no fused GRU kernel for device type {device_type!r} (there is one for: "
+                                f"{', '.join(_FUSED_MODULES)})")
     module = _imported.get(name)
     if module is None:
         try:
             module = _imported[name] = importlib.import_module(name)
         except ImportError as e:  # pragma: no cover - the module ships with the package
             raise KernelUnavailable(f"{name} could not be imported: {e}") from e
+    return module
+
+
+def fused_layer(device_type: str) -> Callable:
+    """The fused layer function for ``device_type``, building the kernel on first use."""
+    module = kernel_module(device_type)
     module.load()
     return module.gru_layer
 
@@ -63,7 +73,17 @@ def layer_function(impl: str, x: Tensor) -> Callable:
 
         return gru_layer
     try:
-        return fused_layer(x.device.type)
+        module = kernel_module(x.device.type)
+        if x.dtype not in module.SUPPORTED_DTYPES:  # the kernel does not run it: the reference loop does
+            if impl == "fused":
+                kinds = " or ".join(str(d).replace("torch.", "") for d in module.SUPPORTED_DTYPES)
+                raise GrunetError(f"impl='fused': expected {kinds} input on {x.device.type} (impl='auto' runs "
+                                  f"other dtypes in the reference loop), got {str(x.dtype).replace('torch.', '')}")
+            from ..reference import gru_layer
+
+            return gru_layer
+        module.load()
+        return module.gru_layer
     except KernelUnavailable as e:
         if impl == "fused":
             raise GrunetError(f"impl: 'fused' was asked for, but the fused kernel is unavailable: {e}") from e

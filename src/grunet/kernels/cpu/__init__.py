@@ -5,7 +5,7 @@ Same function as grunet.reference.gru_layer (the equations are there and beside 
 activation_name, lengths, reverse) -> (out (T,B,H), h_n (B,H))``, float32 and float64; other dtypes use the
 reference loop.
 
-How it is fast (DESIGN.md section 5): per step a product x_t W_ih^T, one (B,H)x(H,3H) GEMM and one
+How it is fast: per step a product x_t W_ih^T, one (B,H)x(H,3H) GEMM and one
 vectorised pass over the gates (reset-before: a second GEMM for W_hn (r*h));
 backward walks time in reverse with one GEMM per step for dh (two for reset-before), and computes dx,
 dW_ih, dW_hh and the bias gradients with a few big products after the loop. Threads split the batch.
@@ -13,6 +13,8 @@ The autograd function is C++ (gru_autograd.cpp), so the backward runs without en
 that gets no gradient (a classifier reads only h_n) reaches the backward undefined, not as zeros.
 
 With grad disabled, or when no input requires grad, the forward keeps no gate activations.
+NaN and +-inf propagate as in torch.nn.GRU (values and gradients); with lengths a padded step takes no
+part at all, as with packed sequences.
 Setting GRUNET_POISON_BUFFERS fills every buffer the kernel takes with NaN (a test runs so: no value may be
 read before it is written).
 """

@@ -5,11 +5,14 @@ that carries a hash of the C++ sources, the flags, the torch version and the CPU
 or a different machine builds afresh instead of loading a stale library. The first build takes about a
 minute (torch's headers dominate); later loads take well under a second.
 
-Flags: ``-O3 -march=native -ffast-math -fopenmp`` so that the ``#pragma omp simd`` gate loops are
-vectorised (float32 with an inline exp, float64 with glibc's vector exp/tanh; DESIGN.md section 5), the
-products use the CPU's widest vectors (AVX-512 here), and ATen's at::parallel_for (an inline
-``#pragma omp parallel`` in the headers) really runs threads. The library needs libgomp.so.1, the soname
-of the libgomp torch ships and has already loaded, so the process keeps a single OpenMP runtime.
+Flags: ``-O3 -march=native -fopenmp`` so that the ``#pragma omp simd`` gate loops are vectorised (with an
+inline exp in both precisions, see gru_cpu.h), the products use the CPU's widest vectors (AVX-512 here),
+and ATen's at::parallel_for (an inline ``#pragma omp parallel`` in the headers) really runs threads. No
+``-ffast-math``: it lets the compiler assume that no value is NaN or infinite, and such values then vanish
+from the results where torch.nn.GRU propagates them; of what it bundles only the parts that keep IEEE
+semantics are on (FMA contraction: rounding only; no errno, no traps: nothing reads them). The library
+needs libgomp.so.1, the soname of the libgomp torch ships and has already loaded, so the process keeps a
+single OpenMP runtime. The first build says so on stderr, in one line.
 """
 from __future__ import annotations
 
@@ -17,6 +20,7 @@ import hashlib
 import os
 import platform
 import shutil
+import sys
 import time
 from pathlib import Path
 from types import ModuleType
@@ -27,7 +31,11 @@ from .. import KernelUnavailable
 HERE = Path(__file__).resolve().parent
 SOURCES = ("bindings.cpp", "gru_forward.cpp", "gru_backward.cpp", "gru_autograd.cpp")
 HEADERS = ("gru_cpu.h", "small_gemm.h")
-CFLAGS = ["-O3", "-march=native", "-ffast-math", "-fopenmp", "-std=c++17"]
+# no -ffast-math: it lets the compiler assume finite values, and NaN or inf then vanish from the results
+# (torch.nn.GRU propagates them). Contraction into FMA is kept (it changes rounding only), and errno and
+# trapping are off (nothing reads errno or enables FP traps), which lets more of the gate loops vectorise.
+CFLAGS = ["-O3", "-march=native", "-fno-math-errno", "-fno-trapping-math", "-ffp-contract=fast", "-fopenmp",
+          "-std=c++17"]
 LDFLAGS = ["-fopenmp"]
 
 _module: Optional[ModuleType] = None
@@ -59,6 +67,13 @@ def cache_key() -> str:
     return h.hexdigest()[:16]
 
 
+def build_directory(name: str) -> Path:
+    """Where torch builds and caches the extension called ``name`` ($TORCH_EXTENSIONS_DIR or its default)."""
+    from torch.utils import cpp_extension
+
+    return Path(cpp_extension._get_build_directory(name, verbose=False))
+
+
 def load() -> ModuleType:
     """The compiled module, building it on first use; raises KernelUnavailable with the reason."""
     global _module, _error, build_seconds
@@ -74,8 +89,13 @@ def load() -> ModuleType:
     try:
         from torch.utils import cpp_extension
 
+        name = f"grunet_cpu_{cache_key()}"
+        directory = build_directory(name)
+        if not (directory / f"{name}.so").exists():  # a build, not a load from the cache: say why we wait
+            print(f"grunet: compiling the fused CPU kernel (once, about a minute); cached in {directory}",
+                  file=sys.stderr, flush=True)
         _module = cpp_extension.load(
-            name=f"grunet_cpu_{cache_key()}",
+            name=name,
             sources=[str(HERE / s) for s in SOURCES],
             extra_cflags=CFLAGS,
             extra_ldflags=LDFLAGS,

@@ -47,6 +47,9 @@ struct Bwd {
   S* dw_hh;                   // per chunk (3H, H)
   S* db_ih;                   // per chunk (3H,)
   S* db_hh;                   // per chunk (3H,)
+  // with lengths and a W_hh that is not finite: (B, Hp) copies of the padded rows' dh around the dh_prev
+  // product, whose zero rows would add 0 * inf = NaN to a state that passed through; else nullptr
+  S* dh_keep = nullptr;
 
   // one step backwards; `last`: the step that reads h0 (its dh_prev is dh0)
   template <int ACT, bool RESET_AFTER>
@@ -77,11 +80,11 @@ struct Bwd {
         for (int64_t j = 0; j < Hp; ++j) {
           const S r = g[j], z = g[Hp + j], n = g[2 * Hp + j];
           const S dhj = d[j];
-          const S dn = dhj * (S(1) - z);
+          const S dn = dhj - dhj * z;  // torch's order (h' = (h - n) z + n): dh = inf, z = 0.5 gives NaN
           const S dz = dhj * (hp[j] - n);
           const S dan_j = dn * (S(1) - n * n);
-          dg[j] = dan_j * a[j] * sigma_grad<ACT>(r);  // da_r
-          dg[Hp + j] = dz * sigma_grad<ACT>(z);       // da_z
+          dg[j] = sigma_backward<ACT>(r, dan_j * a[j]);  // da_r
+          dg[Hp + j] = sigma_backward<ACT>(z, dz);       // da_z
           dg[2 * Hp + j] = dan_j * r;                 // da = d(W_hn h + b_hn)
           dan[j] = dan_j;
           d[j] = dhj * z;
@@ -91,9 +94,9 @@ struct Bwd {
         for (int64_t j = 0; j < Hp; ++j) {
           const S z = g[Hp + j], n = g[2 * Hp + j];
           const S dhj = d[j];
-          const S dn = dhj * (S(1) - z);
+          const S dn = dhj - dhj * z;
           const S dz = dhj * (hp[j] - n);
-          dg[Hp + j] = dz * sigma_grad<ACT>(z);
+          dg[Hp + j] = sigma_backward<ACT>(z, dz);
           dg[2 * Hp + j] = dn * (S(1) - n * n);
           d[j] = dhj * z;
         }
@@ -101,7 +104,7 @@ struct Bwd {
     }
     const bool need_dh_prev = !last || need_dh0;
     if (RESET_AFTER) {
-      if (need_dh_prev) W_h->mul(nb, dG_t, H3, dh_c, Hp, true);  // dh_prev += [da_r | da_z | da] W_hh
+      if (need_dh_prev) dh_prev_product(t, b0, nb, dG_t);  // dh_prev += [da_r | da_z | da] W_hh
       return;
     }
     S* drh_c = drh + b0 * Hp;
@@ -117,11 +120,23 @@ struct Bwd {
 #pragma omp simd
       for (int64_t j = 0; j < Hp; ++j) {
         const S r = g[j];
-        dg[j] = q[j] * hp[j] * sigma_grad<ACT>(r);  // da_r
+        dg[j] = sigma_backward<ACT>(r, q[j] * hp[j]);  // da_r
         d[j] += q[j] * r;
       }
     }
-    if (need_dh_prev) W_h->mul(nb, dG_t, H3, dh_c, Hp, true);  // dh_prev += [da_r | da_z] W_h[rz]
+    if (need_dh_prev) dh_prev_product(t, b0, nb, dG_t);  // dh_prev += [da_r | da_z] W_h[rz]
+  }
+
+  // dh += dG_t W_h for the chunk's rows; rows of padded steps keep their dh (see dh_keep)
+  void dh_prev_product(int64_t t, int64_t b0, int64_t nb, const S* dG_t) const {
+    S* dh_c = dh + b0 * Hp;
+    if (dh_keep)
+      for (int64_t i = 0; i < nb; ++i)
+        if (t >= len[b0 + i]) std::copy(dh_c + i * Hp, dh_c + (i + 1) * Hp, dh_keep + (b0 + i) * Hp);
+    W_h->mul(nb, dG_t, 3 * Hp, dh_c, Hp, true);
+    if (dh_keep)
+      for (int64_t i = 0; i < nb; ++i)
+        if (t >= len[b0 + i]) std::copy(dh_keep + (b0 + i) * Hp, dh_keep + (b0 + i + 1) * Hp, dh_c + i * Hp);
   }
 
   // out (G * H, M) = D[:, blocks]^T A over `rows` rows, D's G gate blocks Hp apart in rows of ldd:
@@ -142,7 +157,9 @@ struct Bwd {
       // the step that read h0 adds nothing to dW_hh when h0 = 0 (a fresh state): leave its rows out
       const int64_t first = reverse && T > 0 ? base + (T - 1) * nb : base;
       const S* h0p = hprev + first * Hp;
-      const bool skip = T > 0 && std::all_of(h0p, h0p + nb * Hp, [](S v) { return v == S(0); });
+      // (0 * inf and 0 * NaN are NaN: only when the step's gradients are finite)
+      const bool skip = T > 0 && std::all_of(h0p, h0p + nb * Hp, [](S v) { return v == S(0); }) &&
+                        all_finite(dGc + (first - base) * H3, nb * H3);
       const int64_t r0 = skip && !reverse ? nb : 0, nrows = skip ? rows - nb : rows;
       const S* hp = hprev + (base + r0) * Hp;
       const S* dGr = dGc + r0 * H3;
@@ -178,7 +195,12 @@ struct Bwd {
       for (int64_t g = 0; g < 3; ++g)  // dx = dG_x W_ih, gate block by gate block
         gemm<S>(false, false, rows, I, H, S(1), g < 2 ? dGc + g * Hp : dGn, g < 2 ? H3 : ldn, w_ih + g * H * I, I,
                 g > 0 ? S(1) : S(0), dxc, I);
-      for (int64_t t = 0; t < T; ++t) std::copy(dxc + t * nb * I, dxc + (t + 1) * nb * I, dx + (t * B + b0) * I);
+      for (int64_t t = 0; t < T; ++t)
+        for (int64_t i = 0; i < nb; ++i) {  // a padded step's x took no part: its gradient is 0, not 0 W_ih
+          S* row = dx + (t * B + b0 + i) * I;
+          if (len && t >= len[b0 + i]) std::fill(row, row + I, S(0));
+          else std::copy(dxc + (t * nb + i) * I, dxc + (t * nb + i + 1) * I, row);
+        }
     }
   }
 };
@@ -222,6 +244,7 @@ std::vector<at::Tensor> gru_backward(const c10::optional<at::Tensor>& dout_in, c
   auto dG = BufferPool::empty({T * B, 3 * Hp}, opt);
   auto da_n = reset_after ? BufferPool::empty({T * B, Hp}, opt) : at::Tensor();
   auto drh = reset_after ? at::Tensor() : BufferPool::empty({B, Hp}, opt);
+  auto dh_keep = len.defined() ? BufferPool::empty({B, Hp}, opt) : at::Tensor();
   at::Tensor dx, dx_scratch, dw_ih, dw_hh, db_ih, db_hh;
   if (need_dx) {
     dx = BufferPool::empty({T, B, I}, opt);
@@ -249,6 +272,7 @@ std::vector<at::Tensor> gru_backward(const c10::optional<at::Tensor>& dout_in, c
               ptr(dout), dout.defined() ? dout.stride(0) : 0, dout.defined() ? dout.stride(1) : 0,
               ptr(xs), ptr(gates), ptr(aux), ptr(hprev), ptr(dG), ptr(da_n), ptr(dh),
               ptr(drh), ptr(dx), ptr(dx_scratch), ptr(dw_ih), ptr(dw_hh), ptr(db_ih), ptr(db_hh)};
+    if (len.defined() && !all_finite(wh, 3 * H * H)) bw0.dh_keep = ptr(dh_keep);
     with_activation(activation, [&](auto act) {
       constexpr int ACT = decltype(act)::value;
       for_batch_chunks(ch, big_steps, [&](int64_t c, int64_t b0, int64_t b1) {

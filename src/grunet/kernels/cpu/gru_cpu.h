@@ -3,12 +3,13 @@
 // Shapes (one layer, one direction): x (T, B, I), h (B, H), w_ih (3H, I), w_hh (3H, H), rows r | z | n.
 // The equations are in gru_forward.cpp (forward) and gru_backward.cpp (their derivatives).
 //
-// Why the code looks the way it does (DESIGN.md section 5):
+// Why the code looks the way it does:
 //  * the per-step products run in a register-blocked kernel on weights packed once per call
 //    (small_gemm.h), ~110 GFLOP/s per core here, ~95% of the FMA peak; MKL ran them at ~35;
 //  * kernel-private buffers use a padded gate layout (rows of Hp = H rounded up to whole vectors, see
-//    padded_units), so every elementwise pass is whole vectors; float32 sigmoid/tanh use an inline
-//    polynomial exp that GCC vectorises inside the `#pragma omp simd` loops (no libm call per vector);
+//    padded_units), so every elementwise pass is whole vectors; sigmoid/tanh use an inline polynomial exp
+//    that GCC vectorises inside the `#pragma omp simd` loops (no libm call per vector) and that keeps NaN
+//    and inf as libm does (the library is built without -ffast-math, see build.py);
 //  * rows of a batch do not interact, so threads split the batch and each runs the whole time loop on
 //    its own rows: no synchronisation per time step;
 //  * a fresh state (h0 = 0) skips step 0's W_hh h product and those rows of dW_hh; dh0's product runs
@@ -80,62 +81,126 @@ struct SingleThreadedBlas {
 };
 
 // ----------------------------------------------------------------------------------------------------
-// recurrent activations sigma and their derivative written in terms of the output s = sigma(a)
-template <typename S> constexpr S exp_limit() { return std::is_same_v<S, float> ? S(80) : S(700); }
+// recurrent activations sigma and their derivative, tanh, and the exp under them.
+//
+// Non-finite values must come out as torch's do (the kernel is compiled without -ffast-math for this):
+// NaN in gives NaN out, exp(+inf) = +inf and exp(-inf) = 0, so sigmoid(-inf) = 0, sigmoid(+inf) = 1 and
+// tanh(+-inf) = +-1 exactly, and an exp that overflows in libm overflows here too (sigmoid(-100) is 0 in
+// torch's float32, and z = 0 times an infinite state must give NaN as it does there).
 
-// exp for float32 written out so that GCC inlines and vectorises it inside the `#pragma omp simd` gate
-// loops (no libmvec call: a call per vector spills every live register around it, which made the gate
-// pass ~3 ns per unit). exp(x) = 2^k exp(f), k = round(x / ln 2), |f| <= ln 2 / 2, exp(f) by the
-// Cephes degree-7 polynomial; relative error ~1e-7 (sigmoid and tanh built on it: abs error < 2e-7).
-// The caller keeps x in [-87, 88] so that 2^k is a normal float.
-inline float exp_poly(float x) {
-  const float kf = std::floor(x * 1.44269504088896341f + 0.5f);
-  const float f = (x - kf * 0.693359375f) + kf * 2.12194440e-4f;  // x - k ln 2 in two parts (Cody-Waite)
-  float p = 1.9875691500e-4f;
-  p = p * f + 1.3981999507e-3f;
-  p = p * f + 8.3334519073e-3f;
-  p = p * f + 4.1665795894e-2f;
-  p = p * f + 1.6666665459e-1f;
-  p = p * f + 5.0000001201e-1f;
-  p = p * f * f + f + 1.0f;
-  return p * __builtin_bit_cast(float, ((int32_t)kf + 127) << 23);
+// min(max(v, lo), hi) that keeps NaN, as torch.clamp does (each comparison is false for NaN, so v passes)
+template <typename S>
+inline S clamp_keep_nan(S v, S lo, S hi) {
+  return v < lo ? lo : (v > hi ? hi : v);
 }
 
+// exp written out so that GCC inlines and vectorises it inside the `#pragma omp simd` gate loops (a libm
+// call per vector spills every live register around it, ~3 ns per unit; glibc's vector exp/tanh are
+// declared only under -ffast-math). exp(x) = 2^k exp(f), k = round(x / ln 2), |f| <= ln 2 / 2:
+//   float32: Cody-Waite reduction and the Cephes degree-7 polynomial, relative error ~1e-7;
+//   float64: the Taylor series to degree 13 (remainder < 2e-17), relative error a few ulp.
+// k comes from the round-to-nearest of adding 1.5 * 2^23 (2^52): its low mantissa bits are k, read as an
+// integer without a float -> int conversion (undefined for NaN). The argument is clamped to where 2^k is
+// a normal number, and past libm's overflow and underflow points the result is +inf and 0.
 template <typename S>
-inline S exp_clamped(S a) {  // exp(a) for a in [-exp_limit, exp_limit]
-  if constexpr (std::is_same_v<S, float>) return exp_poly(std::max(std::min(a, 80.0f), -80.0f));
-  else return std::exp(std::max(std::min(a, exp_limit<S>()), -exp_limit<S>()));
+struct ExpConstants;
+template <>
+struct ExpConstants<float> {
+  static constexpr float kMax = 88.3f, kMin = -87.3f;          // 2^k normal: |k| <= 126
+  static constexpr float kOverflow = 88.72283935546875f;       // log(FLT_MAX)
+  static constexpr float kUnderflow = -103.97208f;             // below: exp rounds to 0 in libm
+  static constexpr float kShifter = 12582912.0f;               // 1.5 * 2^23
+  static constexpr float kLn2Hi = 0.693359375f, kLn2Lo = -2.12194440e-4f;
+  using Bits = int32_t;
+  static constexpr int kMantissa = 23, kBias = 127;
+};
+template <>
+struct ExpConstants<double> {
+  static constexpr double kMax = 709.0, kMin = -708.0;         // 2^k normal: |k| <= 1022
+  static constexpr double kOverflow = 709.782712893383973096;  // log(DBL_MAX)
+  static constexpr double kUnderflow = -745.1332191019412;     // below: exp rounds to 0 in libm
+  static constexpr double kShifter = 6755399441055744.0;       // 1.5 * 2^52
+  static constexpr double kLn2Hi = 6.93145751953125e-1, kLn2Lo = 1.42860682030941723212e-6;
+  using Bits = int64_t;
+  static constexpr int kMantissa = 52, kBias = 1023;
+};
+
+template <typename S>
+inline S exp_(S x) {
+  using C = ExpConstants<S>;
+  using Bits = typename C::Bits;
+  const S xc = clamp_keep_nan(x, C::kMin, C::kMax);
+  const S shifted = xc * S(1.44269504088896341) + C::kShifter;  // k in the low bits, rounded to nearest
+  const S kf = shifted - C::kShifter;
+  const S f = (xc - kf * C::kLn2Hi) - kf * C::kLn2Lo;           // x - k ln 2 in two parts (Cody-Waite)
+  S p;
+  if constexpr (std::is_same_v<S, float>) {
+    p = 1.9875691500e-4f;
+    p = p * f + 1.3981999507e-3f;
+    p = p * f + 8.3334519073e-3f;
+    p = p * f + 4.1665795894e-2f;
+    p = p * f + 1.6666665459e-1f;
+    p = p * f + 5.0000001201e-1f;
+    p = p * f * f + f + 1.0f;
+  } else {
+    p = 1.0 / 6227020800.0;  // 1 / 13!
+    p = p * f + 1.0 / 479001600.0;
+    p = p * f + 1.0 / 39916800.0;
+    p = p * f + 1.0 / 3628800.0;
+    p = p * f + 1.0 / 362880.0;
+    p = p * f + 1.0 / 40320.0;
+    p = p * f + 1.0 / 5040.0;
+    p = p * f + 1.0 / 720.0;
+    p = p * f + 1.0 / 120.0;
+    p = p * f + 1.0 / 24.0;
+    p = p * f + 1.0 / 6.0;
+    p = p * f + 0.5;
+    p = p * f * f + f + 1.0;
+  }
+  const Bits k = __builtin_bit_cast(Bits, shifted) - __builtin_bit_cast(Bits, C::kShifter);
+  const S scale = __builtin_bit_cast(S, (Bits)((k + C::kBias) << C::kMantissa));  // 2^k
+  const S e = p * scale;
+  return x > C::kOverflow ? std::numeric_limits<S>::infinity() : (x < C::kUnderflow ? S(0) : e);
 }
 
 template <int ACT, typename S>
 inline S sigma(S a) {
   if constexpr (ACT == kSigmoid) {
-    // clamp so that exp cannot overflow to inf (fast-math assumes finite values); sigmoid(+-80) is
-    // already 0 or 1 to float precision
-    const S e = exp_clamped<S>(-a);
-    return S(1) / (S(1) + e);
+    return S(1) / (S(1) + exp_<S>(-a));  // exp(-a) = inf for a < -88.7 (float32): 0, as in torch
   } else if constexpr (ACT == kHardSigmoidKeras2) {
-    return std::min(std::max(S(0.2) * a + S(0.5), S(0)), S(1));  // Keras 2: clip(0.2 a + 0.5, 0, 1)
+    return clamp_keep_nan(S(0.2) * a + S(0.5), S(0), S(1));  // Keras 2: clip(0.2 a + 0.5, 0, 1)
   } else {
-    return std::min(std::max(a / S(6) + S(0.5), S(0)), S(1));    // Keras 3: clip(a / 6 + 0.5, 0, 1)
+    return clamp_keep_nan(a / S(6) + S(0.5), S(0), S(1));    // Keras 3: clip(a / 6 + 0.5, 0, 1)
   }
 }
 
+// d sigma(a) / d a times g, at the point where sigma(a) = s: torch's sigmoid backward g (1 - s) s; for the
+// hard sigmoid torch's clamp backward, which passes g where the clamp did not clip and gives 0 elsewhere
+// (also for a NaN input or a NaN g: a select, not a product with 0)
 template <int ACT, typename S>
-inline S sigma_grad(S s) {  // d sigma / d a at the point where sigma(a) = s
+inline S sigma_backward(S s, S g) {
   if constexpr (ACT == kSigmoid) {
-    return s * (S(1) - s);
+    return g * (S(1) - s) * s;
   } else {
     const S slope = ACT == kHardSigmoidKeras2 ? S(0.2) : S(1) / S(6);
-    return (s > S(0) && s < S(1)) ? slope : S(0);  // flat where clipped
+    return (s > S(0) && s < S(1)) ? g * slope : S(0);
   }
 }
 
-// float32: tanh(a) = 2 sigmoid(2a) - 1 on the inline exp (abs error < 2e-7); float64: libm/libmvec tanh
+// tanh(a) = 2 sigmoid(2a) - 1 on the inline exp (abs error < 2e-7 in float32, ~2e-16 in float64)
 template <typename S>
 inline S tanh_(S a) {
-  if constexpr (std::is_same_v<S, float>) return 2.0f / (1.0f + exp_clamped<float>(-2.0f * a)) - 1.0f;
-  else return std::tanh(a);
+  return S(2) / (S(1) + exp_<S>(S(-2) * a)) - S(1);
+}
+
+// Whether all n values are finite: sum of v * 0 is 0, or NaN when some v is NaN or infinite. A product
+// with a zero operand is skipped only then (0 * inf and 0 * NaN are NaN in torch).
+template <typename S>
+inline bool all_finite(const S* v, int64_t n) {
+  S acc = S(0);
+#pragma omp simd reduction(+ : acc)
+  for (int64_t i = 0; i < n; ++i) acc += v[i] * S(0);
+  return acc == S(0);
 }
 
 // How many batch chunks (= threads) to run the time loop on: each chunk must be big enough that its

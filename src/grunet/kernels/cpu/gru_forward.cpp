@@ -66,8 +66,13 @@ struct Fwd {
     }
     if (training) {
       for (int64_t t = 0; t < T; ++t)  // chunk-major copy of x for the GEMMs (here and in backward)
-        for (int64_t b = b0; b < b1; ++b)
-          std::copy(x + t * sT + b * sB, x + t * sT + b * sB + I, xs + (base + t * nb + b - b0) * I);
+        for (int64_t b = b0; b < b1; ++b) {
+          S* row = xs + (base + t * nb + b - b0) * I;
+          // a padded step's x takes no part (torch.nn.GRU on packed sequences never reads it): zeros, so
+          // that a NaN there cannot reach dW_ih through its zero gradient rows
+          if (len && t >= len[b]) std::fill(row, row + I, S(0));
+          else std::copy(x + t * sT + b * sB, x + t * sT + b * sB + I, row);
+        }
     }
     for (int64_t s = 0; s < T; ++s) {
       const int64_t t = time_of(s), row = base + t * nb;
@@ -114,6 +119,11 @@ struct Fwd {
         if (len && t >= len[b]) {  // padding: keep the state, output zero
           if (hn != hp) std::copy(hp, hp + Hp, hn);
           std::fill(o, o + H, S(0));
+          if (training) {  // backward's weight products read these rows with zero gradients: keep
+            // them finite (a NaN state of a sequence that ended must not reach dW_hh as 0 * NaN)
+            std::fill(const_cast<S*>(hp), const_cast<S*>(hp) + Hp, S(0));
+            std::fill(aux + (row + i) * Hp, aux + (row + i + 1) * Hp, S(0));
+          }
           continue;
         }
         if (RESET_AFTER) {
@@ -317,8 +327,9 @@ std::vector<at::Tensor> gru_forward(const at::Tensor& x_in, const c10::optional<
     const S* wi = w_ih.data_ptr<S>();
     const S* wh = w_hh.data_ptr<S>();
     const S* h0p = h_n.data_ptr<S>();
-    // step 0 without the W_hh h product
-    const bool h0_zero = !h0c.defined() || std::all_of(h0p, h0p + B * H, [](S v) { return v == S(0); });
+    // step 0 without the W_hh h product, which is then exactly 0 (not so for 0 * inf or 0 * NaN)
+    const bool h0_zero = (!h0c.defined() || std::all_of(h0p, h0p + B * H, [](S v) { return v == S(0); })) &&
+                         all_finite(wh, 3 * H * H);
     std::vector<S> bias_h;
     if (reset_after) {
       bias_h.assign(3 * Hp, S(0));
