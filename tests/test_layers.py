@@ -92,7 +92,7 @@ def test_reset_before_has_one_bias_per_gate_and_no_nn_gru_twin():
 
 @pytest.mark.parametrize("reset_after", [True, False])
 def test_reset_before_layer_against_equations(reset_after):
-    """Whole module (batch_first, 1 layer) against a NumPy loop of the equations of DESIGN.md §2."""
+    """Whole module (batch_first, 1 layer) against a NumPy loop of the equations (README, "The equations")."""
     from test_reference import np_step
 
     torch.manual_seed(3)

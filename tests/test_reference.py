@@ -1,4 +1,4 @@
-"""The reference equations against a NumPy step written here from DESIGN.md §2, and gradcheck."""
+"""The reference equations against a NumPy step written here from the equations in the README, and gradcheck."""
 import numpy as np
 import pytest
 import torch

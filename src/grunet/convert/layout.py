@@ -1,4 +1,4 @@
-"""Gate layouts: the same GRU weights as Keras, PyTorch and ONNX store them (DESIGN §3).
+"""Gate layouts: the same GRU weights as Keras, PyTorch and ONNX store them.
 
 U units, I inputs. Only permutations and transposes, so every conversion is exact to the last bit.
     torch (grunet, nn.GRU): w_ih (3U, I), w_hh (3U, U), rows r | z | n;
