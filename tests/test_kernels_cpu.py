@@ -16,9 +16,13 @@ import grunet
 import grunet.kernels as kernels
 from grunet.errors import GrunetError
 from grunet.kernels import KernelUnavailable
-from grunet.reference import gru_layer as reference_layer
+from grunet import reference
+
+from conftest import positional
 
 cpu = pytest.importorskip("grunet.kernels.cpu")
+reference_layer = positional(reference.gru_layer)
+fused_layer = positional(lambda *args: cpu.gru_layer(*args))  # looked up at call time (a test replaces it)
 
 TOL = {torch.float32: 1e-5, torch.float64: 1e-10}
 ACTIVATIONS = ["sigmoid", "hard_sigmoid_keras2", "hard_sigmoid_keras3"]
@@ -77,7 +81,7 @@ def test_layer_equals_reference_values_and_all_gradients(dtype, reset_after, act
     lengths = torch.randint(1, T + 1, (B,), generator=torch.Generator().manual_seed(seed)) if use_lengths else None
     kw = dict(reset_after=reset_after, activation_name=activation, lengths=lengths, reverse=reverse)
     expected = run_layer(reference_layer, tensors, upstream, **kw)
-    got = run_layer(cpu.gru_layer, tensors, upstream, **kw)
+    got = run_layer(fused_layer, tensors, upstream, **kw)
     assert len(got) == len(expected)
     for name, a, b in zip(NAMES, expected, got):
         assert_close(a, b, TOL[dtype], name)
@@ -93,7 +97,7 @@ def test_threads_and_no_bias(threads, reset_after, bias):
     expected = run_layer(reference_layer, tensors, upstream, **kw)
     cpu.set_threads(threads)
     try:
-        got = run_layer(cpu.gru_layer, tensors, upstream, **kw)
+        got = run_layer(fused_layer, tensors, upstream, **kw)
     finally:
         cpu.set_threads(None)
     for name, a, b in zip(NAMES, expected, got):
@@ -119,7 +123,7 @@ def test_gradients_when_one_output_is_unused(dtype, reset_after, used, threads):
 
     cpu.set_threads(threads)
     try:
-        got = grads(cpu.gru_layer)
+        got = grads(fused_layer)
     finally:
         cpu.set_threads(None)
     for name, a, b in zip(NAMES[2:], grads(reference_layer), got):
@@ -155,7 +159,7 @@ def test_zero_initial_state(dtype, reset_after, reverse, h0_kind, threads):
 
     cpu.set_threads(threads)
     try:
-        got = run(cpu.gru_layer)
+        got = run(fused_layer)
     finally:
         cpu.set_threads(None)
     expected = run(reference_layer)
@@ -188,7 +192,7 @@ def test_gradients_of_a_subset_of_inputs(reset_after, frozen, h0_given):
         ((out * upstream[0]).sum() + (h_n * upstream[1]).sum()).backward()
         return [None if t is None else t.grad for t in leaves]
 
-    for i, (a, b) in enumerate(zip(run(reference_layer), run(cpu.gru_layer))):
+    for i, (a, b) in enumerate(zip(run(reference_layer), run(fused_layer))):
         if tensors[i] is None:
             continue
         if i in frozen:
@@ -200,7 +204,7 @@ def test_gradients_of_a_subset_of_inputs(reset_after, frozen, h0_given):
 def test_double_backward_is_refused_with_a_clear_error():
     tensors, upstream = layer_inputs(3, 2, 2, 3, torch.float64, True, True, seed=1)
     leaves = [t.clone().requires_grad_() for t in tensors]
-    out, h_n = cpu.gru_layer(*leaves, reset_after=True, activation_name="sigmoid", lengths=None, reverse=False)
+    out, h_n = fused_layer(*leaves, reset_after=True, activation_name="sigmoid", lengths=None, reverse=False)
     with pytest.raises(RuntimeError, match="not itself differentiable"):
         torch.autograd.grad(h_n.sum(), leaves[2], create_graph=True)
 
@@ -208,7 +212,7 @@ def test_double_backward_is_refused_with_a_clear_error():
 POISON_SCRIPT = """
 import itertools, sys, torch
 sys.path.insert(0, sys.argv[1])
-from test_kernels_cpu import NAMES, TOL, assert_close, cpu, layer_inputs, reference_layer, run_layer
+from test_kernels_cpu import NAMES, TOL, assert_close, cpu, fused_layer, layer_inputs, reference_layer, run_layer
 for dtype, reset_after, reverse, lengths, threads, shape, h0 in itertools.product(
         [torch.float32, torch.float64], [True, False], [False, True], [False, True], [1, 2],
         [(28, 50, 28, 75), (5, 9, 3, 16), (3, 6, 5, 260)], ["given", "zero", "none"]):
@@ -223,10 +227,10 @@ for dtype, reset_after, reverse, lengths, threads, shape, h0 in itertools.produc
     kw = dict(reset_after=reset_after, activation_name="sigmoid", lengths=lens, reverse=reverse)
     cpu.set_threads(threads)
     for name, a, b in zip(names, run_layer(reference_layer, tensors, upstream, **kw),
-                          run_layer(cpu.gru_layer, tensors, upstream, **kw)):
+                          run_layer(fused_layer, tensors, upstream, **kw)):
         assert_close(a, b, TOL[dtype], name)
     with torch.no_grad():
-        out, h_n = cpu.gru_layer(*tensors, **kw)
+        out, h_n = fused_layer(*tensors, **kw)
     ref_out, ref_h = reference_layer(*tensors, **kw)
     assert_close(ref_out, out, TOL[dtype], "no-grad out")
     assert_close(ref_h, h_n, TOL[dtype], "no-grad h_n")
@@ -255,7 +259,7 @@ def test_wide_layer_weight_gradients_through_blas(reset_after):
     tensors, upstream = layer_inputs(T, B, I, H, torch.float64, reset_after, True, seed=3)
     kw = dict(reset_after=reset_after, activation_name="sigmoid", lengths=None, reverse=False)
     expected = run_layer(reference_layer, tensors, upstream, **kw)
-    got = run_layer(cpu.gru_layer, tensors, upstream, **kw)
+    got = run_layer(fused_layer, tensors, upstream, **kw)
     for name, a, b in zip(NAMES, expected, got):
         assert_close(a, b, 1e-10, name)
 
@@ -293,9 +297,9 @@ def spy(monkeypatch):
     calls = []
     real = cpu.gru_layer
 
-    def wrapped(*args, **kw):
-        calls.append(kw)
-        return real(*args, **kw)
+    def wrapped(x, h0, weights, spec, masks, lengths):
+        calls.append(spec)
+        return real(x, h0, weights, spec, masks, lengths)
 
     monkeypatch.setattr(cpu, "gru_layer", wrapped)
     return calls
@@ -309,7 +313,7 @@ def test_spy_proves_fused_kernel_ran(spy, impl):
         out, _ = model(torch.randn(5, 2, 3))
     out.sum().backward()
     assert len(spy) == 4  # 2 layers x 2 directions
-    assert [kw["reverse"] for kw in spy] == [False, True, False, True]
+    assert [spec.reverse for spec in spy] == [False, True, False, True]
 
 
 def test_reference_impl_does_not_use_the_kernel(spy):
@@ -364,7 +368,7 @@ def test_inference_blocks_of_steps_equal_reference():
     for reverse in (False, True):
         with torch.no_grad():
             a = reference_layer(*tensors, reverse=reverse)
-            b = cpu.gru_layer(*tensors, reverse=reverse)
+            b = fused_layer(*tensors, reverse=reverse)
         for name, u, v in zip(["out", "h_n"], a, b):
             assert_close(u, v, 1e-10, name)
 
@@ -411,7 +415,7 @@ def test_cache_key_follows_sources_and_flags(monkeypatch):
 def test_unsupported_dtype_uses_reference():
     tensors, _ = layer_inputs(3, 2, 2, 3, torch.float32, True, True, seed=0)
     tensors = [t.to(torch.bfloat16) for t in tensors]
-    out, h = cpu.gru_layer(*tensors)
+    out, h = fused_layer(*tensors)
     ref_out, ref_h = reference_layer(*tensors)
     assert torch.equal(out, ref_out) and torch.equal(h, ref_h)
 
@@ -443,7 +447,7 @@ def test_fused_names_the_device_it_has_no_kernel_for():
         kernels.layer_function("fused", x)
     assert str(refused.value) == ("impl: 'fused' was asked for, but the fused kernel is unavailable: no fused GRU "
                                   "kernel for device type 'meta' (there is one for: cpu)")
-    assert kernels.layer_function("auto", x) is reference_layer
+    assert kernels.layer_function("auto", x) is reference.gru_layer
 
 
 def test_build_says_once_what_it_does_and_where_only_when_it_builds(monkeypatch, tmp_path, capsys):
@@ -556,7 +560,7 @@ def test_inference_path_equals_reference(dtype, reset_after, activation, use_len
     kw = dict(reset_after=reset_after, activation_name=activation, lengths=lengths, reverse=reverse)
     with torch.no_grad():
         expected = reference_layer(*tensors, **kw)
-        got = cpu.gru_layer(*tensors, **kw)
+        got = fused_layer(*tensors, **kw)
     for name, a, b in zip(["out", "h_n"], expected, got):
         assert_close(a, b, TOL[dtype], name)
 
@@ -570,8 +574,8 @@ def test_strided_batch_first_input_equals_contiguous(dtype):
     assert not strided[0].is_contiguous()
     for grad in (True, False):
         with torch.set_grad_enabled(grad):
-            expected = run_layer(cpu.gru_layer, tensors, upstream) if grad else cpu.gru_layer(*tensors)
-            got = run_layer(cpu.gru_layer, strided, upstream) if grad else cpu.gru_layer(*strided)
+            expected = run_layer(fused_layer, tensors, upstream) if grad else fused_layer(*tensors)
+            got = run_layer(fused_layer, strided, upstream) if grad else fused_layer(*strided)
         for name, a, b in zip(NAMES, expected, got):
             assert_close(a, b, 1e-12, name)
 
@@ -644,11 +648,11 @@ def nonfinite_case(dtype, reset_after, place, value, h0_kind="random", seed=3):
 def check_nonfinite(oracle, tensors, upstream, tol, **kw):
     names = [n for n, t in zip(NAMES, [0, 0] + tensors) if t is not None]
     expected = run_layer(each_sequence_alone(oracle), tensors, upstream, **kw)
-    got = run_layer(cpu.gru_layer, tensors, upstream, **kw)
+    got = run_layer(fused_layer, tensors, upstream, **kw)
     for name, a, b in zip(names, expected, got):
         assert_same_nonfinite(a, b, tol, name)
     with torch.no_grad():  # the inference path
-        inferred = cpu.gru_layer(*tensors, **kw)
+        inferred = fused_layer(*tensors, **kw)
     for name, a, b in zip(names, expected, inferred):
         assert_same_nonfinite(a, b, tol, f"{name} without grad")
 

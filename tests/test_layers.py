@@ -99,7 +99,7 @@ def test_reset_before_layer_against_equations(reset_after):
     g = grunet.GRU(4, 6, batch_first=True, reset_after=reset_after, dtype=torch.float64)
     x = torch.randn(2, 5, 4, dtype=torch.float64)
     out, h_n = g(x)
-    w = [None if t is None else t.detach().numpy() for t in g.layer_weights(0)]
+    w = [None if t is None else t.detach().numpy() for t in g.layer_weights(0).gru]
     h = np.zeros((2, 6))
     for t in range(5):
         h = np_step(x[:, t].numpy(), h, *w, reset_after, "sigmoid")

@@ -3,8 +3,13 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import positional
+
 from grunet import reference
+from grunet.contract import LayerWeights
 from grunet.errors import GrunetError
+
+gru_layer = positional(reference.gru_layer)
 
 
 def np_sigma(name, a):
@@ -48,7 +53,7 @@ def test_layer_matches_numpy_equations(reset_after, act, reverse):
     w_ih, w_hh, b_ih, b_hh = weights(I, H, reset_after)
     x = torch.randn(T, B, I, dtype=torch.float64) * 2
     h0 = torch.randn(B, H, dtype=torch.float64) * 0.5
-    out, h_n = reference.gru_layer(x, h0, w_ih, w_hh, b_ih, b_hh, reset_after=reset_after,
+    out, h_n = gru_layer(x, h0, w_ih, w_hh, b_ih, b_hh, reset_after=reset_after,
                                    activation_name=act, reverse=reverse)
     h = h0.numpy()
     expected = np.zeros((T, B, H))
@@ -64,8 +69,8 @@ def test_variants_differ_with_same_weights():
     """reset-before is a different function, not a renaming (guards against a silently shared path)."""
     w_ih, w_hh, b_ih, _ = weights(4, 5, True)
     x, h0 = torch.randn(5, 2, 4, dtype=torch.float64), torch.randn(2, 5, dtype=torch.float64)
-    a, _ = reference.gru_layer(x, h0, w_ih, w_hh, b_ih, None, reset_after=True)
-    b, _ = reference.gru_layer(x, h0, w_ih, w_hh, b_ih, None, reset_after=False)
+    a, _ = gru_layer(x, h0, w_ih, w_hh, b_ih, None, reset_after=True)
+    b, _ = gru_layer(x, h0, w_ih, w_hh, b_ih, None, reset_after=False)
     assert (a - b).abs().max() > 1e-3
 
 
@@ -95,7 +100,7 @@ def test_gradcheck(reset_after, use_lengths, reverse):
 
     def f(x, h0, *p):
         b_hh = p[3] if reset_after else None
-        out, h_n = reference.gru_layer(x, h0, p[0], p[1], p[2], b_hh, reset_after=reset_after,
+        out, h_n = gru_layer(x, h0, p[0], p[1], p[2], b_hh, reset_after=reset_after,
                                        lengths=lengths, reverse=reverse)
         return out, h_n
 
@@ -105,8 +110,8 @@ def test_gradcheck(reset_after, use_lengths, reverse):
 def test_gates_trace_matches_layer():
     w_ih, w_hh, b_ih, b_hh = weights(3, 4, True)
     x, h0 = torch.randn(5, 2, 3, dtype=torch.float64), torch.zeros(2, 4, dtype=torch.float64)
-    out, _ = reference.gru_layer(x, h0, w_ih, w_hh, b_ih, b_hh)
-    trace = reference.gru_layer_gates(x, h0, w_ih, w_hh, b_ih, b_hh)
+    out, _ = gru_layer(x, h0, w_ih, w_hh, b_ih, b_hh)
+    trace = reference.gru_layer_gates(x, h0, LayerWeights(w_ih, w_hh, b_ih, b_hh))
     assert torch.equal(trace["h"], out)
     # h_t = z h_{t-1} + (1 - z) n, recomputed from the traced gates
     h_prev = torch.cat([h0[None], out[:-1]])

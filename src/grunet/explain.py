@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from .contract import CellSpec, LayerWeights
 from .errors import GrunetError, expect
 from .layers import GRU
 from .reference import gru_layer_gates
@@ -99,14 +100,14 @@ def gru_of(model: nn.Module) -> nn.Module:
     return gru_layers(model)[0].module
 
 
-def _weights(rnn: nn.Module, k: int, suffix: str):
-    """(w_ih, w_hh, b_ih, b_hh, reset_after, activation name) of layer k, direction suffix."""
+def _weights(rnn: nn.Module, k: int, suffix: str) -> tuple[LayerWeights, CellSpec]:
+    """The weights and the cell of layer k, direction suffix (torch.nn.GRU: reset-after, sigmoid)."""
     if isinstance(rnn, GRU):
-        return (*rnn.layer_weights(k, suffix), rnn.reset_after, rnn.recurrent_activation)
-    w_ih, w_hh = getattr(rnn, f"weight_ih_l{k}{suffix}"), getattr(rnn, f"weight_hh_l{k}{suffix}")
-    if not rnn.bias:
-        return w_ih, w_hh, None, None, True, "sigmoid"
-    return w_ih, w_hh, getattr(rnn, f"bias_ih_l{k}{suffix}"), getattr(rnn, f"bias_hh_l{k}{suffix}"), True, "sigmoid"
+        return rnn.layer_weights(k, suffix), rnn.cell
+    names = [f"weight_ih_l{k}{suffix}", f"weight_hh_l{k}{suffix}"]
+    if rnn.bias:
+        names += [f"bias_ih_l{k}{suffix}", f"bias_hh_l{k}{suffix}"]
+    return LayerWeights(*(getattr(rnn, n) for n in names)), CellSpec()
 
 
 def _layer_traces(rnn: nn.Module, x: Tensor) -> list[list[dict[str, Tensor]]]:
@@ -117,10 +118,10 @@ def _layer_traces(rnn: nn.Module, x: Tensor) -> list[list[dict[str, Tensor]]]:
     for k in range(rnn.num_layers):
         per_direction = []
         for d in range(D):
-            w_ih, w_hh, b_ih, b_hh, reset_after, act = _weights(rnn, k, ("", "_reverse")[d])
+            weights, cell = _weights(rnn, k, ("", "_reverse")[d])
             seq = inputs.flip(0) if d == 1 else inputs
             h0 = torch.zeros(1, rnn.hidden_size, dtype=x.dtype, device=x.device)
-            trace = gru_layer_gates(seq, h0, w_ih, w_hh, b_ih, b_hh, reset_after=reset_after, activation_name=act)
+            trace = gru_layer_gates(seq, h0, weights, cell)
             if d == 1:  # back to time order: trace["h"][t] is then the reverse state after reading x[t:]
                 trace = {key: value.flip(0) for key, value in trace.items()}
             per_direction.append(trace)
@@ -219,11 +220,11 @@ def gate_trace(model: nn.Module, x, *, layer: Optional[int] = None, direction: s
     zero = np.zeros((1, h.shape[1]))
     h_before = np.vstack([zero, h[:-1]]) if d == 0 else np.vstack([h[1:], zero])  # the state before reading x[t]
     delta = h - h_before
-    *_, reset_after, act = _weights(rnn, chosen.k, ("", "_reverse")[d])
+    _, cell = _weights(rnn, chosen.k, ("", "_reverse")[d])
     return GateTrace(x=x.double().cpu().numpy(), r=trace["r"], z=trace["z"], n=trace["n"], h=h, delta=delta,
                      dh=np.linalg.norm(delta, axis=1), probabilities=probabilities.double().cpu().numpy(),
-                     layer=k, num_layers=L, direction=direction, bidirectional=chosen.bidirectional, prefix_runs=not simple_head,
-                     reset_after=reset_after, recurrent_activation=act)
+                     layer=k, num_layers=L, direction=direction, bidirectional=chosen.bidirectional,
+                     prefix_runs=not simple_head, reset_after=cell.reset_after, recurrent_activation=cell.activation)
 
 
 # ----------------------------------------------------------------------------------------------------

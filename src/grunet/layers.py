@@ -22,6 +22,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence, pad_packed_sequence
 
+from .contract import PROBABILITIES, CellSpec, LayerWeights, Masks
 from .errors import GrunetError, GrunetTypeError, expect
 from .kernels import check_impl, layer_function
 from .reference import activation, gru_step
@@ -54,10 +55,13 @@ def bool_argument(name: str, value) -> bool:
     return value
 
 
-def dropout_argument(value) -> float:
+def dropout_argument(value, name: str = "dropout", upper: str = "]") -> float:
+    """A probability: [0, 1] for nn.GRU's dropout between layers; [0, 1) (upper=")") for the cell options,
+    whose kept units are scaled by 1 / (1 - p)."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise GrunetTypeError(f"dropout: expected a number in [0, 1], got {show(value)} ({type(value).__name__})")
-    expect(0 <= value <= 1, "dropout", "a number in [0, 1]", show(value))  # NaN fails both comparisons
+        raise GrunetTypeError(f"{name}: expected a number in [0, 1{upper}, got {show(value)} ({type(value).__name__})")
+    inside = 0 <= value <= 1 if upper == "]" else 0 <= value < 1  # NaN fails every comparison
+    expect(inside, name, f"a number in [0, 1{upper}", show(value))
     return float(value)
 
 
@@ -92,11 +96,14 @@ def init_rnn_weights(module: nn.Module, hidden_size: int, init: str) -> None:
     """Initialise a recurrent module's own parameters (grunet's or torch's, same names).
     init='torch': every parameter ~ U(-1/sqrt(H), 1/sqrt(H)) as nn.GRU does.
     init='keras': Keras defaults: glorot_uniform input weights, orthogonal recurrent weights (over the
-    whole (3U, U) matrix, like Keras's (U, 3U) recurrent_kernel), zero biases."""
+    whole (3U, U) matrix, like Keras's (U, 3U) recurrent_kernel), zero biases.
+    Layer-norm gains (layer_norm_*) start at one either way."""
     expect(init in INITS, "init", f"one of {list(INITS)}", repr(init))
     with torch.no_grad():
         for name, p in module.named_parameters():
-            if init == "torch":
+            if name.startswith("layer_norm"):  # layer-norm gains start as the identity, as nn.LayerNorm's
+                nn.init.ones_(p)
+            elif init == "torch":
                 bound = 1.0 / math.sqrt(hidden_size)
                 nn.init.uniform_(p, -bound, bound)
             elif name.startswith("weight_ih"):
@@ -195,6 +202,11 @@ class GRU(nn.Module):
         *,
         reset_after: bool = True,
         recurrent_activation: str = "sigmoid",
+        layer_norm: bool = False,
+        recurrent_dropout: float = 0.0,
+        input_dropout: float = 0.0,
+        weight_dropout: float = 0.0,
+        zoneout: float = 0.0,
         impl: str = "auto",
         init: str = "torch",
         device=None,
@@ -204,6 +216,10 @@ class GRU(nn.Module):
         integer_argument("input_size", input_size)
         integer_argument("hidden_size", hidden_size)
         integer_argument("num_layers", num_layers)
+        bool_argument("layer_norm", layer_norm)
+        options = {name: dropout_argument(value, name, ")") for name, value in (
+            ("recurrent_dropout", recurrent_dropout), ("input_dropout", input_dropout),
+            ("weight_dropout", weight_dropout), ("zoneout", zoneout))}
         for name, value in (("bias", bias), ("batch_first", batch_first), ("bidirectional", bidirectional),
                             ("reset_after", reset_after)):
             bool_argument(name, value)
@@ -219,6 +235,12 @@ class GRU(nn.Module):
         self.bias, self.batch_first, self.dropout = bias, batch_first, dropout
         self.bidirectional, self.reset_after, self.proj_size = bidirectional, reset_after, 0
         self.recurrent_activation, self.impl = recurrent_activation, check_impl(impl)
+        # the contract every implementation gets (grunet.contract); refuses layer_norm with reset-before
+        self.cell = CellSpec(reset_after=reset_after, activation=recurrent_activation, layer_norm=layer_norm,
+                             **options)
+        self.layer_norm = layer_norm
+        for name, value in options.items():
+            setattr(self, name, value)
         self.mode = "GRU"  # as nn.RNNBase, for code that inspects it
         H, D = hidden_size, 2 if bidirectional else 1
         # nn.RNNBase's bookkeeping of parameter names, per layer and direction, then flat
@@ -233,6 +255,10 @@ class GRU(nn.Module):
                     self.register_parameter(f"bias_hh_l{k}{suffix}", nn.Parameter(torch.empty(3 * H, **factory)))
                 elif bias:
                     self.register_parameter(f"bias_l{k}{suffix}", nn.Parameter(torch.empty(3 * H, **factory)))
+                if layer_norm:
+                    for which in ("ih", "hh"):
+                        self.register_parameter(f"layer_norm_{which}_l{k}{suffix}",
+                                                nn.Parameter(torch.empty(3 * H, **factory)))
                 self._all_weights.append([n for n in self.layer_weight_names(k, suffix) if n is not None])
         self._flat_weights_names: list[str] = [n for names in self._all_weights for n in names]
         self.init = init
@@ -261,21 +287,26 @@ class GRU(nn.Module):
     def reset_parameters(self, init: Optional[str] = None) -> None:
         init_rnn_weights(self, self.hidden_size, init or self.init)
 
-    def layer_weight_names(self, k: int, suffix: str = "") -> tuple[str, str, Optional[str], Optional[str]]:
-        """Names of (w_ih, w_hh, b_ih, b_hh) of layer k and direction suffix (reset-before: b_ih is the one bias)."""
+    def layer_weight_names(self, k: int, suffix: str = "") -> tuple[Optional[str], ...]:
+        """Names of (w_ih, w_hh, b_ih, b_hh, g_ih, g_hh) of layer k and direction suffix, None where absent
+        (reset-before: b_ih is the one bias; g_*: the layer-norm gains)."""
         names = (f"weight_ih_l{k}{suffix}", f"weight_hh_l{k}{suffix}")
         if not self.bias:
-            return names + (None, None)
-        if self.reset_after:
-            return names + (f"bias_ih_l{k}{suffix}", f"bias_hh_l{k}{suffix}")
-        return names + (f"bias_l{k}{suffix}", None)
+            names += (None, None)
+        elif self.reset_after:
+            names += (f"bias_ih_l{k}{suffix}", f"bias_hh_l{k}{suffix}")
+        else:
+            names += (f"bias_l{k}{suffix}", None)
+        if self.layer_norm:
+            return names + (f"layer_norm_ih_l{k}{suffix}", f"layer_norm_hh_l{k}{suffix}")
+        return names + (None, None)
 
-    def layer_weights(self, k: int, suffix: str = "") -> tuple[Tensor, Tensor, Optional[Tensor], Optional[Tensor]]:
-        """(w_ih, w_hh, b_ih, b_hh) of layer k and direction suffix; for reset-before b_ih is the one bias."""
+    def layer_weights(self, k: int, suffix: str = "") -> LayerWeights:
+        """The parameters of layer k and direction suffix (grunet.contract.LayerWeights)."""
         params = self._parameters
         # the registered parameter, or whatever stands under that name (a pruning hook sets plain tensors)
-        return tuple(None if n is None else (params[n] if n in params else getattr(self, n))
-                     for n in self.layer_weight_names(k, suffix))
+        return LayerWeights(*(None if n is None else (params[n] if n in params else getattr(self, n))
+                              for n in self.layer_weight_names(k, suffix)))
 
     def extra_repr(self) -> str:
         s = f"{self.input_size}, {self.hidden_size}"
@@ -287,6 +318,11 @@ class GRU(nn.Module):
         s += f", reset_after={self.reset_after}"
         if self.recurrent_activation != "sigmoid":
             s += f", recurrent_activation={self.recurrent_activation!r}"
+        if self.layer_norm:
+            s += ", layer_norm=True"
+        for name in PROBABILITIES:
+            if getattr(self, name):
+                s += f", {name}={getattr(self, name)}"
         return s
 
     # ------------------------------------------------------------------------------------------------
@@ -374,15 +410,20 @@ class GRU(nn.Module):
         return x, h0, lengths, unbatched
 
     def _run(self, x: Tensor, h0: Optional[Tensor], lengths: Optional[Tensor]) -> tuple[Tensor, Tensor]:
-        layer = layer_function(self.impl, x)
+        cell = self.cell
+        layer = layer_function(self.impl, x, cell)
         D = 2 if self.bidirectional else 1
+        random_masks = self.training and not cell.plain
+        T, B, H = x.shape[0], x.shape[1], self.hidden_size
+        masks = Masks()
         h_n = []
         for k in range(self.num_layers):
             outs = []
             for d, suffix in enumerate(self._suffixes()):
-                out, h = layer(x, None if h0 is None else h0[k * D + d], *self.layer_weights(k, suffix),
-                               reset_after=self.reset_after,
-                               activation_name=self.recurrent_activation, lengths=lengths, reverse=d == 1)
+                if random_masks:  # each layer and direction draws its own, from torch's generator
+                    masks = Masks.draw(cell, True, T, B, x.shape[2], H, x)
+                out, h = layer(x, None if h0 is None else h0[k * D + d], self.layer_weights(k, suffix),
+                               cell.direction(d == 1), masks, lengths)
                 outs.append(out)
                 h_n.append(h)
             x = outs[0] if D == 1 else torch.cat(outs, 2)
@@ -450,7 +491,7 @@ class GRUCell(nn.Module):
         activation_argument(recurrent_activation)
         expect(isinstance(init, str) and init in INITS, "init", f"one of {list(INITS)}", show(init))
         factory = factory_arguments(device, dtype)
-        self.sigma = activation(recurrent_activation)
+        self.cell = CellSpec(reset_after=reset_after, activation=recurrent_activation)
         self.input_size, self.hidden_size, self.bias = input_size, hidden_size, bias
         self.reset_after, self.recurrent_activation, self.init = reset_after, recurrent_activation, init
         H = hidden_size
@@ -508,7 +549,7 @@ class GRUCell(nn.Module):
             b_ih, b_hh = self.bias_ih, self.bias_hh
         else:
             b_ih = b_hh = None
-        h_new = gru_step(x, h, self.weight_ih, self.weight_hh, b_ih, b_hh, reset_after=self.reset_after, sigma=self.sigma)
+        h_new = gru_step(x, h, LayerWeights(self.weight_ih, self.weight_hh, b_ih, b_hh), self.cell)
         return h_new.squeeze(0) if unbatched else h_new
 
 

@@ -73,7 +73,7 @@ def keras_arrays(stack: StackModel) -> list[list[np.ndarray]]:
             arrays = []
             for suffix in ("", "_reverse")[: spec.directions]:
                 w_ih, w_hh, b_ih, b_hh = (None if t is None else t.detach().cpu().numpy()
-                                          for t in layer.layer_weights(0, suffix))
+                                          for t in layer.layer_weights(0, suffix).gru)
                 arrays += torch_to_keras(w_ih, w_hh, b_ih, b_hh, spec.reset_after)
             out.append(arrays)
         elif isinstance(spec, DenseSpec):

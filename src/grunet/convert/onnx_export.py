@@ -92,7 +92,7 @@ def build_onnx(model: nn.Module, opset: int = OPSET):
             Ws, Rs, Bs = [], [], []
             for suffix in ("", "_reverse")[: spec.directions]:
                 w_ih, w_hh, b_ih, b_hh = (None if t is None else t.detach().cpu().numpy().astype(np.float32)
-                                          for t in layer.layer_weights(0, suffix))
+                                          for t in layer.layer_weights(0, suffix).gru)
                 W, R, B = torch_to_onnx(w_ih, w_hh, b_ih, b_hh, spec.reset_after)
                 Ws.append(W), Rs.append(R), Bs.append(B)
             inputs = [x, const(f"{name}.W", np.stack(Ws)), const(f"{name}.R", np.stack(Rs))]

@@ -249,16 +249,15 @@ def masked_gru(layer: GRU, spec: GRUSpec, x: Tensor, mask: Tensor) -> tuple[Tens
     Step by step with the reference equations: a masked step keeps the state; the output there is the
     previous output, or zeros in a Bidirectional with return_sequences (Keras's zero_output_for_mask).
     """
-    sigma = activation(spec.recurrent_activation)
     zero_output = spec.bidirectional and spec.return_sequences
     outputs, finals = [], []
     B, T, _ = x.shape
     for suffix in ("", "_reverse")[: spec.directions]:
-        w_ih, w_hh, b_ih, b_hh = layer.layer_weights(0, suffix)
+        weights = layer.layer_weights(0, suffix)
         h = x.new_zeros(B, spec.units)
         out: list[Optional[Tensor]] = [None] * T
         for t in (range(T - 1, -1, -1) if suffix else range(T)):
-            h_new = gru_step(x[:, t], h, w_ih, w_hh, b_ih, b_hh, reset_after=spec.reset_after, sigma=sigma)
+            h_new = gru_step(x[:, t], h, weights, layer.cell)
             valid = mask[:, t].unsqueeze(1)
             h = torch.where(valid, h_new, h)
             out[t] = torch.where(valid, h_new, torch.zeros_like(h_new)) if zero_output else h

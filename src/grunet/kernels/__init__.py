@@ -1,8 +1,8 @@
 """The single dispatch point between the GRU layers and their implementations.
 
-Every implementation is a function with the signature of ``grunet.reference.gru_layer``:
-``(x (T,B,I), h0 (B,H) or None (zeros), w_ih, w_hh, b_ih, b_hh, *, reset_after, activation_name, lengths,
-reverse) -> (output (T,B,H), h_n (B,H))``, differentiable through autograd.
+Every implementation is a function with the signature of ``grunet.reference.gru_layer``, taking the
+contract of grunet.contract: ``(x (T,B,I), h0 (B,H) or None (zeros), weights: LayerWeights, spec: CellSpec,
+masks: Masks, lengths) -> (output (T,B,H), h_n (B,H))``, differentiable through autograd.
 
 impl="reference": the plain PyTorch loop (always available).
 impl="fused":     the compiled kernel for the input's device and dtype; raises GrunetError if it cannot be
@@ -20,6 +20,7 @@ from typing import Callable
 
 from torch import Tensor
 
+from ..contract import CellSpec
 from ..errors import GrunetError
 
 IMPLS = ("auto", "reference", "fused")
@@ -65,8 +66,8 @@ def fused_layer(device_type: str) -> Callable:
     return module.gru_layer
 
 
-def layer_function(impl: str, x: Tensor) -> Callable:
-    """Choose the implementation of one GRU layer for input ``x`` (see module docstring)."""
+def layer_function(impl: str, x: Tensor, cell: CellSpec = CellSpec()) -> Callable:
+    """Choose the implementation of one GRU layer for input ``x`` and ``cell`` (see module docstring)."""
     check_impl(impl)
     if impl == "reference":
         from ..reference import gru_layer
@@ -79,6 +80,12 @@ def layer_function(impl: str, x: Tensor) -> Callable:
                 kinds = " or ".join(str(d).replace("torch.", "") for d in module.SUPPORTED_DTYPES)
                 raise GrunetError(f"impl='fused': expected {kinds} input on {x.device.type} (impl='auto' runs "
                                   f"other dtypes in the reference loop), got {str(x.dtype).replace('torch.', '')}")
+            from ..reference import gru_layer
+
+            return gru_layer
+        if not module.supports(cell):
+            if impl == "fused":
+                raise GrunetError(f"impl='fused': expected a cell the {x.device.type} kernel computes, got {cell}")
             from ..reference import gru_layer
 
             return gru_layer

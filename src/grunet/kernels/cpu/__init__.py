@@ -1,9 +1,8 @@
 """Fused CPU GRU: whole-sequence forward and backward of one layer and direction in C++.
 
-Same function as grunet.reference.gru_layer (the equations are there and beside the C++ code):
-``gru_layer(x (T,B,I), h0 (B,H) or None (zeros), w_ih (3H,I), w_hh (3H,H), b_ih, b_hh, *, reset_after,
-activation_name, lengths, reverse) -> (out (T,B,H), h_n (B,H))``, float32 and float64; other dtypes use the
-reference loop.
+Same function as grunet.reference.gru_layer (the equations are there and beside the C++ code), with the
+arguments of grunet.contract: ``gru_layer(x (T,B,I), h0 (B,H) or None (zeros), weights, spec, masks,
+lengths) -> (out (T,B,H), h_n (B,H))``, float32 and float64.
 
 How it is fast: per step a product x_t W_ih^T, one (B,H)x(H,3H) GEMM and one
 vectorised pass over the gates (reset-before: a second GEMM for W_hn (r*h));
@@ -25,6 +24,9 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from ...contract import NO_MASKS, CellSpec, LayerWeights, Masks
+from ...reference import gru_layer as reference_layer
+from ...reference import masked_inputs
 from .build import load
 
 __all__ = ["load", "gru_layer", "set_threads", "get_threads"]
@@ -45,30 +47,27 @@ def get_threads() -> int:
     return _threads if _threads is not None else torch.get_num_threads()
 
 
+def supports(cell: CellSpec) -> bool:
+    """Whether the kernel computes ``cell`` itself (input and weight dropout are applied before it, as in
+    every implementation: grunet.reference.masked_inputs)."""
+    return not (cell.layer_norm or cell.recurrent_dropout or cell.zoneout)
+
+
 def gru_layer(
     x: Tensor,
     h0: Optional[Tensor],
-    w_ih: Tensor,
-    w_hh: Tensor,
-    b_ih: Optional[Tensor],
-    b_hh: Optional[Tensor],
-    *,
-    reset_after: bool = True,
-    activation_name: str = "sigmoid",
+    weights: LayerWeights,
+    spec: CellSpec = CellSpec(),
+    masks: Masks = NO_MASKS,
     lengths: Optional[Tensor] = None,
-    reverse: bool = False,
 ) -> tuple[Tensor, Tensor]:
     """One GRU layer over x (T, B, I) from h0 (B, H) -> (output (T, B, H), h_n (B, H)); see module docstring."""
-    if x.dtype not in SUPPORTED_DTYPES or not x.is_cpu:
-        from ...reference import gru_layer as reference_layer
-
-        return reference_layer(x, h0, w_ih, w_hh, b_ih, b_hh, reset_after=reset_after,
-                               activation_name=activation_name, lengths=lengths, reverse=reverse)
-    if activation_name not in ACTIVATION_CODES:
-        from ...reference import activation
-
-        activation(activation_name)  # raises GrunetError with the list of names
-    act = ACTIVATION_CODES[activation_name]
+    if x.dtype not in SUPPORTED_DTYPES or not x.is_cpu or not supports(spec):
+        return reference_layer(x, h0, weights, spec, masks, lengths)
+    x, weights = masked_inputs(x, weights, masks)
+    w_ih, w_hh, b_ih, b_hh = weights.gru
+    act = ACTIVATION_CODES[spec.activation]
+    reset_after, reverse = spec.reset_after, spec.reverse
     if not reset_after:
         b_hh = None  # reset-before has one bias, passed as b_ih
     if lengths is not None:
