@@ -35,6 +35,7 @@ from torch import nn
 from . import __version__
 from .checkpoint import architecture_of, check_state_dict, load_checkpoint, save_checkpoint
 from .config import from_dict as config_from_dict
+from .contract import PROBABILITIES
 from .data import DATASETS, VIEWS, load_split, to_sequences
 from .errors import GrunetError, expect
 from .fileio import write_json, write_text
@@ -45,6 +46,7 @@ from .run_dir import RunLock, check_new, check_writable, make_new
 from .train_state import METRICS_FIELDS, Batches, check_progress, plain_rng_states, set_rng_states
 
 CONFIG_VERSION = 1
+CELL_OPTIONS = ("layer_norm", *PROBABILITIES)
 TRAIN_IMPLS = ("auto", "reference", "fused", "torch")  # "torch": torch.nn.GRU, the baseline
 MAX_SEED = 2**32 - 1  # NumPy's RandomState (the permutation, np.random) takes seeds below 2**32
 MAX_STEPS = 10**12  # years of training at any speed; a bound that keeps every count in int64
@@ -69,6 +71,12 @@ class TrainConfig:
     recurrent_activation: str = "sigmoid"
     cell: str = "gru"
     init: str = "keras"
+    # the GRU cell options (grunet.contract); runs made before they existed load with these defaults
+    layer_norm: bool = False
+    recurrent_dropout: float = 0.0
+    input_dropout: float = 0.0
+    weight_dropout: float = 0.0
+    zoneout: float = 0.0
     impl: str = "auto"
     steps: int = 50_000
     batch_size: int = 50
@@ -100,11 +108,30 @@ class TrainConfig:
                "--device", "'cpu' or 'cuda[:N]'", repr(self.device))
         if self.device.startswith("cuda"):
             expect(torch.cuda.is_available(), "--device", "a visible CUDA device", "none (torch sees no GPU)")
+        self._check_cell_options()
         model = self.model_config(28 if self.view == "rows" else 1)  # the datasets' images are 28 x 28
         parameters = model.parameter_count()
         expect_fits(TRAINING_BYTES_PER_PARAMETER * parameters, "--units",
                     f"{parameters:,} parameters ({self.layers} layers of {self.units} units) to train")
         return self
+
+    def _check_cell_options(self) -> None:
+        """Each option named as the command line spells it, before grunet.contract.CellSpec sees them."""
+        expect(isinstance(self.layer_norm, bool), "--layer-norm", "True or False", repr(self.layer_norm))
+        for name in PROBABILITIES:
+            p = getattr(self, name)
+            expect(isinstance(p, (int, float)) and not isinstance(p, bool) and math.isfinite(p) and 0 <= p < 1,
+                   _flag(name), "a number in [0, 1)", p)
+        used = [name for name in CELL_OPTIONS if getattr(self, name)]
+        if used and self.cell != "gru":
+            raise GrunetError(f"{_flag(used[0])}: expected --cell gru (the cell options are grunet.GRU's), "
+                              f"got --cell {self.cell}")
+        if used and self.impl == "torch":
+            raise GrunetError(f"{_flag(used[0])}: expected --impl auto, fused or reference (torch.nn.GRU has no "
+                              f"cell options), got --impl torch")
+        if self.layer_norm and not self.reset_after:
+            raise GrunetError("--layer-norm: expected --reset-after (the layer-normalised GRU normalises W_hh h, "
+                              "which the reset-before GRU never forms), got --reset-before (the default)")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -116,10 +143,15 @@ class TrainConfig:
     def model_config(self, input_size: int) -> ModelConfig:
         return ModelConfig(input_size=input_size, hidden_size=self.units, num_classes=10, num_layers=self.layers,
                            bidirectional=self.bidirectional, reset_after=self.reset_after,
-                           recurrent_activation=self.recurrent_activation, cell=self.cell, init=self.init)
+                           recurrent_activation=self.recurrent_activation, cell=self.cell, init=self.init,
+                           layer_norm=self.layer_norm, **{name: getattr(self, name) for name in PROBABILITIES})
 
     def data_info(self) -> dict:
         return {"dataset": self.dataset, "view": self.view, "permutation_seed": self.permutation_seed}
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
 
 
 def _expect_int(value, what: str, low: int, high: int) -> None:
@@ -224,8 +256,8 @@ class Trainer:
         """Everything from ``path`` (last.pt), each part checked against this run before it is used."""
         ckpt = load_checkpoint(path)
         expected = architecture_of(self.model)
-        expect(ckpt["architecture"] == expected, f"{path}", f"the architecture of the run's config.json "
-               f"({_short(expected)})", f"another one ({_short(ckpt['architecture'])})")
+        expect(_with_defaults(ckpt["architecture"]) == expected, f"{path}", f"the architecture of the run's "
+               f"config.json ({_short(expected)})", f"another one ({_short(ckpt['architecture'])})")
         check_state_dict(self.model.state_dict(), ckpt["model"], str(path))
         progress = check_progress(ckpt.get("progress"), f"{path} progress", MAX_STEPS)
         load_optimizer_state(self.optimizer, ckpt.get("optimizer"), f"{path} optimizer")
@@ -235,12 +267,21 @@ class Trainer:
         self.progress = progress
 
 
+def _with_defaults(architecture):
+    """A stored architecture with the keys its grunet did not write yet (the cell options) at their defaults,
+    so that a run from before them resumes."""
+    if not isinstance(architecture, dict) or not isinstance(architecture.get("config"), dict):
+        return architecture
+    defaults = {name: value for name, value in ModelConfig().to_dict().items() if name in CELL_OPTIONS}
+    return {**architecture, "config": {**defaults, **architecture["config"]}}
+
+
 def _short(architecture) -> str:
     if not isinstance(architecture, dict) or not isinstance(architecture.get("config"), dict):
         return repr(architecture)[:60]
     c = architecture["config"]
     return ", ".join(f"{k}={c[k]!r}" for k in ("cell", "hidden_size", "num_layers", "bidirectional", "reset_after",
-                                               "input_size") if k in c)
+                                               "input_size", *CELL_OPTIONS) if k in c)
 
 
 def load_optimizer_state(optimizer: torch.optim.Optimizer, state, where: str) -> None:
