@@ -26,7 +26,7 @@ import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, NamedTuple, Optional
 
 import numpy as np
 import torch
@@ -339,6 +339,15 @@ def write_config(out: Path, config: TrainConfig) -> None:
                                      **config.to_dict()})
 
 
+class Data(NamedTuple):
+    """The run's sequences and labels, on the run's device."""
+
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+
+
 def run(
     config: TrainConfig,
     out_dir: str | os.PathLike,
@@ -354,27 +363,11 @@ def run(
     steps done (it extends the run; config.json records the new total)."""
     config.validate()
     out = Path(out_dir)
-    if resume:
-        saved = read_config(out)
-        differences = config_differences(saved, {k: v for k, v in config.to_dict().items() if k != "steps"})
-        expect(not differences, "--resume", "the run's settings", "; ".join(differences))
-        check_writable(out)
-    else:
-        check_new(out)  # fail before loading data; checked again under the lock
+    saved = _check_run_directory(config, out, resume)
     if config.threads:
         torch.set_num_threads(config.threads)
-    device = torch.device(config.device)
-    x_train, y_train, x_test, y_test = load_data(config)
-    x_train, y_train = x_train.to(device), y_train.to(device)
-    x_test, y_test = x_test.to(device), y_test.to(device)
-
-    torch.manual_seed(config.seed)
-    np.random.seed(config.seed)
-    random.seed(config.seed)
-    model = SequenceClassifier(config.model_config(x_train.shape[2]), impl=config.impl).to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, fused=True)  # one kernel for all params
-    batches = Batches(len(x_train), config.batch_size, config.shuffle, config.seed)
-    trainer = Trainer(config, out, model, optimizer, batches, new_progress())
+    data = _load_data_on(config, torch.device(config.device))
+    trainer = _new_trainer(config, out, data)
     if not resume:
         make_new(out)  # only once the data and model are known to be good: no empty run left
     with RunLock(out), StopRequest() as stop:
@@ -383,12 +376,47 @@ def run(
         if resume:
             _continue(trainer, saved, print_fn)
         else:
-            check_new(out)  # another process may have started a run here meanwhile
-            write_config(out, config)
-            from .params import summary
+            _start(trainer, data, print_fn)
+        return _train(trainer, data, stop, print_fn, progress, on_step)
 
-            summary(model, (1, *x_train.shape[1:]), print_fn=print_fn)
-        return _train(trainer, (x_train, y_train, x_test, y_test), stop, print_fn, progress, on_step)
+
+def _check_run_directory(config: TrainConfig, out: Path, resume: bool) -> Optional[TrainConfig]:
+    """Before any data is loaded: a resumed run's config.json (which ``config`` may differ from in steps
+    only) and a writable directory, or a directory free for a new run (checked again under the lock)."""
+    if not resume:
+        check_new(out)
+        return None
+    saved = read_config(out)
+    differences = config_differences(saved, {k: v for k, v in config.to_dict().items() if k != "steps"})
+    expect(not differences, "--resume", "the run's settings", "; ".join(differences))
+    check_writable(out)
+    return saved
+
+
+def _load_data_on(config: TrainConfig, device: torch.device) -> Data:
+    x_train, y_train, x_test, y_test = load_data(config)
+    return Data(x_train.to(device), y_train.to(device), x_test.to(device), y_test.to(device))
+
+
+def _new_trainer(config: TrainConfig, out: Path, data: Data) -> Trainer:
+    """The seeded model, its optimizer and the batch order at step 0 (a resumed run restores them later)."""
+    torch.manual_seed(config.seed)
+    np.random.seed(config.seed)
+    random.seed(config.seed)
+    device = data.x_train.device
+    model = SequenceClassifier(config.model_config(data.x_train.shape[2]), impl=config.impl).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, fused=True)  # one kernel for all params
+    batches = Batches(len(data.x_train), config.batch_size, config.shuffle, config.seed)
+    return Trainer(config, out, model, optimizer, batches, new_progress())
+
+
+def _start(trainer: Trainer, data: Data, print_fn: Callable[[str], None]) -> None:
+    """A new run: config.json, then the model summary."""
+    from .params import summary
+
+    check_new(trainer.out)  # another process may have started a run here meanwhile
+    write_config(trainer.out, trainer.config)
+    summary(trainer.model, (1, *data.x_train.shape[1:]), print_fn=print_fn)
 
 
 def _continue(trainer: Trainer, saved: TrainConfig, print_fn: Callable[[str], None]) -> None:
@@ -407,76 +435,95 @@ def _continue(trainer: Trainer, saved: TrainConfig, print_fn: Callable[[str], No
         print_fn(f"starting {out} from step 0: it holds no checkpoint yet")
 
 
-def _train(trainer: Trainer, data, stop: StopRequest, print_fn, progress, on_step) -> RunResult:
-    config, out, model, state = trainer.config, trainer.out, trainer.model, trainer.progress
-    x_train, y_train, x_test, y_test = data
+def _train(trainer: Trainer, data: Data, stop: StopRequest, print_fn, progress, on_step) -> RunResult:
+    """The loop from the run's step to its last: a step, an evaluation every eval_every steps, and the
+    final weights always evaluated; a stop request ends it with last.pt saved."""
+    config, state = trainer.config, trainer.progress
     loss_fn = nn.CrossEntropyLoss()
-
-    def record(i: int, scheduled: bool) -> None:
-        """Evaluate after step i: a row of metrics.csv, last.pt, and best.pt when it is the best so far. The
-        final, off-schedule row keeps the loss window: a run extended later goes on exactly as one that never
-        stopped."""
-        accuracy, _ = evaluate(model, x_test, y_test, config.eval_batch_size)
-        window = state["window"]
-        row = {"step": i, "loss": f"{window[0] / max(window[2], 1):.6f}",
-               "train_accuracy": f"{window[1] / max(window[2], 1):.6f}", "test_accuracy": f"{accuracy:.6f}",
-               "elapsed_s": f"{state['elapsed']:.3f}"}
-        state["rows"].append(row)
-        if scheduled:
-            state["window"] = [0.0, 0, 0]
-        improved = float(row["test_accuracy"]) > state["best"]  # as metrics.csv has it: best.pt is its best row
-        state["best"] = max(state["best"], float(row["test_accuracy"]))
-        trainer.save("last.pt")
-        if improved:
-            trainer.save("best.pt")
-        write_metrics(out / "metrics.csv", state["rows"])
-        bar.write(f"step {i:>6}  loss {row['loss'][:6]}  train {row['train_accuracy'][:6]}  "
-                  f"accuracy: {accuracy:.4f}")
-
-    start_step, t0 = state["step"], time.perf_counter()
-    elapsed0 = state["elapsed"]
-    bar = Progress(total=config.steps, initial=start_step, enabled=progress, print_fn=print_fn)
-    model.train()
+    clock = (time.perf_counter(), state["elapsed"])  # elapsed time goes on from the run's earlier parts
+    bar = Progress(total=config.steps, initial=state["step"], enabled=progress, print_fn=print_fn)
+    trainer.model.train()
     with bar:
-        for i in range(start_step, config.steps):
+        for i in range(state["step"], config.steps):
             if stop.signum is not None:
                 break
-            t_step = time.perf_counter()
-            idx = trainer.batches.next_indices()
-            xb, yb = x_train[idx], y_train[idx]
-            logits = model(xb)
-            loss = loss_fn(logits, yb)
-            trainer.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            trainer.optimizer.step()
-            window = state["window"]
-            window[0] += loss.item() * len(yb)
-            window[1] += int((logits.argmax(1) == yb).sum())
-            window[2] += len(yb)
-            state["step"] = i + 1
-            state["train_seconds"] += time.perf_counter() - t_step
-            state["elapsed"] = elapsed0 + time.perf_counter() - t0
+            loss = _step(trainer, data, loss_fn, i, clock)
             if i % config.eval_every == 0:
-                record(i, scheduled=True)
+                _record(trainer, data, i, scheduled=True, write=bar.write)
             samples_per_s = state["step"] * config.batch_size / max(state["train_seconds"], 1e-9)
-            bar.update(loss=loss.item(), accuracy=state["best"] if state["rows"] else None,
-                       samples_per_s=samples_per_s)
+            bar.update(loss=loss, accuracy=state["best"] if state["rows"] else None, samples_per_s=samples_per_s)
             if on_step is not None:
                 on_step(i)
         if stop.signum is not None and state["step"] < config.steps:
-            trainer.save("last.pt")
-            write_metrics(out / "metrics.csv", state["rows"])
-            name = signal.Signals(stop.signum).name
-            print_fn(f"stopped by {name} after step {state['step']:,} of {config.steps:,}; the checkpoint "
-                     f"{out / 'last.pt'} is intact. Resume with: grunet train --resume {out}")
-            return RunResult(128 + stop.signum, None, out)
-        rows = state["rows"]
-        if not rows or int(rows[-1]["step"]) != state["step"] - 1:  # the final weights are always a row
-            record(state["step"] - 1, scheduled=False)
-        else:
-            trainer.save("last.pt")
-            write_metrics(out / "metrics.csv", rows)
-    return _finish(trainer, len(x_train), len(x_test), print_fn)
+            return _stopped(trainer, stop.signum, print_fn)
+        _record_final(trainer, data, bar.write)
+    return _finish(trainer, len(data.x_train), len(data.x_test), print_fn)
+
+
+def _step(trainer: Trainer, data: Data, loss_fn, i: int, clock: tuple[float, float]) -> float:
+    """Training step i: one batch, one Adam update, the loss window and the timings; returns the loss."""
+    state = trainer.progress
+    t_step = time.perf_counter()
+    idx = trainer.batches.next_indices()
+    xb, yb = data.x_train[idx], data.y_train[idx]
+    logits = trainer.model(xb)
+    loss = loss_fn(logits, yb)
+    trainer.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    trainer.optimizer.step()
+    value = loss.item()
+    window = state["window"]
+    window[0] += value * len(yb)
+    window[1] += int((logits.argmax(1) == yb).sum())
+    window[2] += len(yb)
+    state["step"] = i + 1
+    state["train_seconds"] += time.perf_counter() - t_step
+    state["elapsed"] = clock[1] + time.perf_counter() - clock[0]
+    return value
+
+
+def _record(trainer: Trainer, data: Data, i: int, scheduled: bool, write: Callable[[str], None]) -> None:
+    """Evaluate after step i: a row of metrics.csv, last.pt, and best.pt when it is the best so far. The
+    final, off-schedule row keeps the loss window: a run extended later goes on exactly as one that never
+    stopped."""
+    config, state = trainer.config, trainer.progress
+    accuracy, _ = evaluate(trainer.model, data.x_test, data.y_test, config.eval_batch_size)
+    window = state["window"]
+    row = {"step": i, "loss": f"{window[0] / max(window[2], 1):.6f}",
+           "train_accuracy": f"{window[1] / max(window[2], 1):.6f}", "test_accuracy": f"{accuracy:.6f}",
+           "elapsed_s": f"{state['elapsed']:.3f}"}
+    state["rows"].append(row)
+    if scheduled:
+        state["window"] = [0.0, 0, 0]
+    improved = float(row["test_accuracy"]) > state["best"]  # as metrics.csv has it: best.pt is its best row
+    state["best"] = max(state["best"], float(row["test_accuracy"]))
+    trainer.save("last.pt")
+    if improved:
+        trainer.save("best.pt")
+    write_metrics(trainer.out / "metrics.csv", state["rows"])
+    write(f"step {i:>6}  loss {row['loss'][:6]}  train {row['train_accuracy'][:6]}  accuracy: {accuracy:.4f}")
+
+
+def _record_final(trainer: Trainer, data: Data, write: Callable[[str], None]) -> None:
+    """The final weights are always a row of metrics.csv (unless the last step was evaluated already)."""
+    state = trainer.progress
+    rows = state["rows"]
+    if not rows or int(rows[-1]["step"]) != state["step"] - 1:
+        _record(trainer, data, state["step"] - 1, scheduled=False, write=write)
+    else:
+        trainer.save("last.pt")
+        write_metrics(trainer.out / "metrics.csv", rows)
+
+
+def _stopped(trainer: Trainer, signum: int, print_fn: Callable[[str], None]) -> RunResult:
+    """A stop request between steps: last.pt and metrics.csv as they are, and how to go on."""
+    out, state = trainer.out, trainer.progress
+    trainer.save("last.pt")
+    write_metrics(out / "metrics.csv", state["rows"])
+    name = signal.Signals(signum).name
+    print_fn(f"stopped by {name} after step {state['step']:,} of {trainer.config.steps:,}; the checkpoint "
+             f"{out / 'last.pt'} is intact. Resume with: grunet train --resume {out}")
+    return RunResult(128 + signum, None, out)
 
 
 def _finish(trainer: Trainer, train_size: int, test_size: int, print_fn) -> RunResult:
