@@ -79,3 +79,48 @@ def test_params_default_is_the_model_grunet_train_builds(capsys):
     assert "Total: 23,400 + 760 = 24,160" in out  # the summary grunet train prints
     assert main(["params", "--reset-after", "--dense", "10"]) == 0
     assert "Total: 23,625 + 760 = 24,385" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("I,H,L,bi", itertools.product([1, 28], [3, 75], [1, 2], [False, True]))
+def test_layer_norm_counts_equal_real_modules(I, H, L, bi):
+    model = grunet.GRU(I, H, num_layers=L, bidirectional=bi, layer_norm=True)
+    c = count_params(I, H, num_layers=L, bidirectional=bi, layer_norm=True)
+    assert c.total == sum(p.numel() for p in model.parameters())
+    assert c.total - count_params(I, H, num_layers=L, bidirectional=bi).total == L * (2 if bi else 1) * 2 * 3 * H
+    assert all(layer.gains == 2 * H for layer in c.layers)
+
+
+def test_layer_norm_table_shows_the_gains_gate_by_gate():
+    table = count_params(28, 75, layer_norm=True, dense=10).table()
+    assert "LN gains" in table.splitlines()[0]
+    assert "update z          2,100        5,625     150       150     8,025" in table
+    assert ("3 * (U*I + U*U + 2U + 2U) = 3 * (75*28 + 75*75 + 2*75 + 2*75) = 3 * (2,100 + 5,625 + 150 + 150) "
+            "= 24,075") in table
+    assert "Total: 24,075 + 760 = 24,835" in table
+    assert "LN gains" not in count_params(28, 75).table()
+
+
+def test_layer_norm_count_refuses_reset_before():
+    with pytest.raises(grunet.GrunetError, match="layer_norm: expected reset_after=True"):
+        count_params(28, 75, reset_after=False, layer_norm=True)
+
+
+def test_summary_counts_gains_and_names_the_cell_options():
+    model = SequenceClassifier(ModelConfig(reset_after=True, layer_norm=True, zoneout=0.1, input_dropout=0.25))
+    text = summary(model, (1, 28, 28), print_fn=None)
+    assert "Total params: 24,835" in text and "24,075" in text
+    assert text.splitlines()[-1] == "rnn cell options: layer_norm, input_dropout=0.25, zoneout=0.1"
+    assert "cell options" not in summary(SequenceClassifier(ModelConfig()), (1, 28, 28), print_fn=None)
+
+
+def test_params_command_with_the_cell_options(capsys):
+    assert main(["params", "--reset-after", "--layer-norm", "--dense", "10", "--zoneout", "0.1",
+                 "--recurrent-dropout", "0.2"]) == 0
+    out = capsys.readouterr().out
+    assert "Total: 24,075 + 760 = 24,835" in out
+    assert "recurrent_dropout, zoneout: no parameters" in out
+    for argv, message in [(["--layer-norm"], "--layer-norm: expected --reset-after"),
+                          (["--zoneout", "1.5"], "--zoneout: expected a number in [0, 1), got 1.5")]:
+        assert main(["params", *argv]) == 2
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1

@@ -230,3 +230,15 @@ def test_mismatched_or_missing_checkpoint_exit_2(runs, tmp_path, capsys):
         err = capsys.readouterr().err
         assert message in err and len(err.strip().splitlines()) == 1, err
         assert not (run_dir / "report" / "index.html").exists()
+
+
+def test_report_of_a_run_with_cell_options(tmp_path):
+    """The model line names the cell options and the parameter table counts the layer-norm gains."""
+    out = quiet_run(tmp_path / "cells", reset_after=True, layer_norm=True, zoneout=0.1, recurrent_dropout=0.25)
+    text = html.unescape(write_report(out).read_text())
+    assert "GRU(8), reset-after, sigmoid, layer norm, recurrent dropout 0.25, zoneout 0.1 -&gt; Dense(10)" in \
+        write_report(out).read_text()
+    gru = 3 * (8 * 28 + 8 * 8 + 2 * 8 + 2 * 8)
+    assert f"GRU total: {gru:,}" in text and "LN gains" in text
+    assert f"Total params: {gru + 90:,}" in text  # grunet.summary agrees with the gate table
+    assert "rnn cell options: layer_norm, recurrent_dropout=0.25, zoneout=0.1" in text

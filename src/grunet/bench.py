@@ -58,7 +58,7 @@ def make_gru(impl: str, I: int, H: int, batch_first: bool = True) -> nn.Module:
 
 # ----------------------------------------------------------------------------------------------------
 # torch.optim.Adam's implementations: name -> constructor options ("default": a Python loop over the
-# parameters on CPU, ~40 us a parameter tensor here; "fused": one C++ kernel for all of them)
+# parameters on CPU, which pays Python's overhead for every parameter tensor; "fused": one C++ kernel for all)
 ADAM_OPTIONS = {"default": {}, "foreach": {"foreach": True}, "fused": {"fused": True}}
 
 
@@ -88,8 +88,7 @@ def training_step(repeats: int, impls=IMPLS, B=50, T=28, I=28, H=75, keras: bool
     # (other processes, clocks) falls on all of them alike; the median of each is reported. Each block of
     # 10 timed steps starts with 2 untimed ones: the first steps after a switch run on caches the other
     # implementation filled and, after the reference's mostly one-thread block, wake an OpenMP worker that
-    # went to sleep (measured per position in a block: fused 1.94, 1.63, 1.53, then ~1.45 ms; torch.nn.GRU
-    # 6.5, 6.2, 6.1, then ~6.0 ms), which a training loop pays once, not every 10 steps.
+    # went to sleep, a cost a training loop pays once, not every 10 steps.
     times: dict[str, list[float]] = {impl: [] for impl in steps}
     for _ in range(repeats):
         for impl, step in steps.items():

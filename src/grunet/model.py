@@ -15,7 +15,8 @@ import torch
 from torch import Tensor, nn
 
 from .config import from_dict as config_from_dict
-from .errors import expect
+from .contract import PROBABILITIES, CellSpec
+from .errors import GrunetError, expect
 from .layers import GRU, init_rnn_weights
 from .memory import expect_fits
 
@@ -34,9 +35,31 @@ class ModelConfig:
     recurrent_activation: str = "sigmoid"
     cell: str = "gru"
     init: str = "keras"
+    # the GRU cell options (grunet.contract); configs written before they existed load with these defaults
+    layer_norm: bool = False
+    recurrent_dropout: float = 0.0
+    input_dropout: float = 0.0
+    weight_dropout: float = 0.0
+    zoneout: float = 0.0
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    @property
+    def cell_options(self) -> dict:
+        """The GRU cell options as grunet.GRU's keyword arguments."""
+        return {"layer_norm": self.layer_norm, **{name: getattr(self, name) for name in PROBABILITIES}}
+
+    def check_cell_options(self, where: str = "model config") -> None:
+        """The options are a GRU's (an LSTM has none) and valid together (grunet.contract.CellSpec decides)."""
+        used = [name for name, value in self.cell_options.items() if value]
+        if used and self.cell != "gru":
+            raise GrunetError(f"{where} {used[0]}: expected cell 'gru' (the cell options are grunet.GRU's), "
+                              f"got cell {self.cell!r}")
+        try:
+            CellSpec(reset_after=self.reset_after, activation=self.recurrent_activation, **self.cell_options)
+        except GrunetError as e:
+            raise GrunetError(f"{where} {e}") from None
 
     @classmethod
     def from_dict(cls, d: dict, where: str = "model config") -> "ModelConfig":
@@ -50,6 +73,7 @@ class ModelConfig:
             expect(isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= high, f"{where} {name}",
                    f"an integer from 1 to {high}", repr(value))
         expect(self.cell in CELLS, f"{where} cell", f"one of {list(CELLS)}", repr(self.cell))
+        self.check_cell_options(where)
         expect_fits(4 * self.parameter_count(), f"{where} hidden_size",
                     f"{self.parameter_count():,} float32 parameters")
         return self
@@ -57,7 +81,8 @@ class ModelConfig:
     def parameter_count(self) -> int:
         """Parameters of the recurrent layers and the Dense head, from the sizes alone (nothing is built).
         Per layer and direction: G gate blocks of U*I_k + U*U weights and B*U biases, where G = 3 (GRU) or
-        4 (LSTM), B = 2 for PyTorch's two bias vectors (reset-after GRU, LSTM), 1 for reset-before."""
+        4 (LSTM), B = 2 for PyTorch's two bias vectors (reset-after GRU, LSTM), 1 for reset-before; a
+        layer-normalised GRU adds its two gains of 3U."""
         U, D = self.hidden_size, 2 if self.bidirectional else 1
         gates = 4 if self.cell == "lstm" else 3
         biases = 1 if self.cell == "gru" and not self.reset_after else 2
@@ -65,6 +90,8 @@ class ModelConfig:
         for k in range(self.num_layers):
             width = self.input_size if k == 0 else D * U
             total += D * gates * (U * width + U * U + biases * U)
+            if self.layer_norm:
+                total += D * 2 * 3 * U
         return total + D * U * self.num_classes + self.num_classes
 
 def _keras_init(rnn: nn.Module, forget_bias: bool = False) -> None:
@@ -87,10 +114,14 @@ class SequenceClassifier(nn.Module):
         super().__init__()
         expect(config.cell in CELLS, "cell", f"one of {list(CELLS)}", repr(config.cell))
         self.config = config
+        config.check_cell_options()
         if config.cell == "gru" and impl == "torch":  # the baseline: PyTorch's own GRU, same state_dict
             expect(config.reset_after and config.recurrent_activation == "sigmoid", "impl 'torch'",
                    "a reset-after GRU with sigmoid gates (the only kind torch.nn.GRU has)",
                    f"reset_after={config.reset_after}, recurrent_activation={config.recurrent_activation!r}")
+            used = [name for name, value in config.cell_options.items() if value]
+            expect(not used, "impl 'torch'", "a GRU without cell options (torch.nn.GRU has none)",
+                   ", ".join(f"{name}={config.cell_options[name]}" for name in used))
             with torch.random.fork_rng():  # nn.GRU's own init draws must not shift the seeded stream
                 self.rnn = nn.GRU(config.input_size, config.hidden_size, config.num_layers, batch_first=True,
                                   bidirectional=config.bidirectional)
@@ -98,7 +129,8 @@ class SequenceClassifier(nn.Module):
         elif config.cell == "gru":
             self.rnn = GRU(config.input_size, config.hidden_size, config.num_layers, batch_first=True,
                            bidirectional=config.bidirectional, reset_after=config.reset_after,
-                           recurrent_activation=config.recurrent_activation, init=config.init, impl=impl)
+                           recurrent_activation=config.recurrent_activation, init=config.init, impl=impl,
+                           **config.cell_options)
         else:
             self.rnn = nn.LSTM(config.input_size, config.hidden_size, config.num_layers, batch_first=True,
                                bidirectional=config.bidirectional)

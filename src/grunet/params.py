@@ -5,8 +5,10 @@ Per layer and direction, U units, I inputs (I = U * directions for stacked layer
 U biases (reset-before, one bias per gate) or 2U (reset-after, input and recurrent bias):
     reset-before: 3 * (U*I + U*U + U)
     reset-after:  3 * (U*I + U*U + 2U)
-The tutorial model, GRU(75) on 28 inputs: 23,400 (reset-before) or 23,625 (reset-after);
-Dense(10) on 75 features: 75*10 + 10 = 760.
+A layer-normalised GRU (reset-after only) adds its two gains g_ih and g_hh of 3U each, U per gate for each:
+    layer norm:   3 * (U*I + U*U + 2U + 2U)
+The tutorial model, GRU(75) on 28 inputs: 23,400 (reset-before) or 23,625 (reset-after), 24,075 with layer
+norm; Dense(10) on 75 features: 75*10 + 10 = 760. The other cell options (dropouts, zoneout) add no parameters.
 """
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ from typing import Optional, Sequence
 import torch
 from torch import nn
 
+from .contract import PROBABILITIES, CellSpec
 from .errors import expect
 
 GATES = ("update z", "reset r", "candidate n")
@@ -30,18 +33,21 @@ class LayerCount:
     input_size: int
     units: int
     reset_after: bool
+    layer_norm: bool = False
     input_weights: int = field(init=False)  # per gate: U*I
     recurrent_weights: int = field(init=False)  # per gate: U*U
     biases: int = field(init=False)  # per gate: U or 2U
+    gains: int = field(init=False)  # per gate: 2U with layer norm (that gate's rows of g_ih and g_hh), else 0
 
     def __post_init__(self) -> None:
         U, I = self.units, self.input_size
         self.input_weights, self.recurrent_weights = U * I, U * U
         self.biases = 2 * U if self.reset_after else U
+        self.gains = 2 * U if self.layer_norm else 0
 
     @property
     def per_gate(self) -> int:
-        return self.input_weights + self.recurrent_weights + self.biases
+        return self.input_weights + self.recurrent_weights + self.biases + self.gains
 
     @property
     def total(self) -> int:
@@ -50,8 +56,10 @@ class LayerCount:
     def formula(self) -> str:
         U, I = self.units, self.input_size
         bias_sym, bias_num = ("2U", f"2*{U}") if self.reset_after else ("U", f"{U}")
-        return (f"3 * (U*I + U*U + {bias_sym}) = 3 * ({U}*{I} + {U}*{U} + {bias_num}) "
-                f"= 3 * ({self.input_weights:,} + {self.recurrent_weights:,} + {self.biases:,}) = {self.total:,}")
+        gain_sym, gain_num, gain_val = (" + 2U", f" + 2*{U}", f" + {self.gains:,}") if self.layer_norm else ("", "", "")
+        return (f"3 * (U*I + U*U + {bias_sym}{gain_sym}) = 3 * ({U}*{I} + {U}*{U} + {bias_num}{gain_num}) "
+                f"= 3 * ({self.input_weights:,} + {self.recurrent_weights:,} + {self.biases:,}{gain_val}) "
+                f"= {self.total:,}")
 
 
 @dataclass
@@ -73,13 +81,19 @@ class ParamCount:
 
     def table(self) -> str:
         """The per-gate breakdown, the formula with numbers, and the totals, as text."""
-        lines = [f"{'layer':<7}{'direction':<10}{'gate':<13}{'input W':>10}{'recurrent W':>13}{'biases':>8}{'total':>10}"]
+        norm = self.layers[0].layer_norm
+        gains_head = f"{'LN gains':>10}" if norm else ""
+        lines = [f"{'layer':<7}{'direction':<10}{'gate':<13}{'input W':>10}{'recurrent W':>13}{'biases':>8}"
+                 f"{gains_head}{'total':>10}"]
         for c in self.layers:
             for gate in GATES:
+                gains = f"{c.gains:>10,}" if norm else ""
                 lines.append(f"{c.layer:<7}{c.direction:<10}{gate:<13}{c.input_weights:>10,}"
-                             f"{c.recurrent_weights:>13,}{c.biases:>8,}{c.per_gate:>10,}")
+                             f"{c.recurrent_weights:>13,}{c.biases:>8,}{gains}{c.per_gate:>10,}")
         lines.append("")
         variant = "reset-after (two biases per gate)" if self.layers[0].reset_after else "reset-before (one bias per gate)"
+        if norm:
+            variant += ", layer-normalised (two gains per gate: g_ih, g_hh)"
         lines.append(f"GRU, {variant}, per layer and direction:")
         for c in self.layers:
             lines.append(f"  layer {c.layer} {c.direction}: {c.formula()}")
@@ -99,17 +113,20 @@ def count_params(
     num_layers: int = 1,
     bidirectional: bool = False,
     dense: Optional[int] = None,
+    layer_norm: bool = False,
 ) -> ParamCount:
-    """Gate-by-gate parameter counts of a GRU (and an optional Dense(dense) head on its last output)."""
+    """Gate-by-gate parameter counts of a GRU (and an optional Dense(dense) head on its last output);
+    ``layer_norm`` counts the gains of grunet.GRU(layer_norm=True) (reset-after only)."""
     for name, value in (("input_size", input_size), ("hidden_size", hidden_size), ("num_layers", num_layers)):
         expect(isinstance(value, int) and value >= 1, name, "an integer >= 1", repr(value))
     expect(dense is None or (isinstance(dense, int) and dense >= 1), "dense", "None or an integer >= 1", repr(dense))
+    CellSpec(reset_after=reset_after, layer_norm=layer_norm)  # refuses a bad flag and layer norm on reset-before
     D = 2 if bidirectional else 1
     layers = []
     for k in range(num_layers):
         width = input_size if k == 0 else hidden_size * D
         for direction in ("forward", "reverse")[:D]:
-            layers.append(LayerCount(k, direction, width, hidden_size, reset_after))
+            layers.append(LayerCount(k, direction, width, hidden_size, reset_after, layer_norm))
     return ParamCount(layers, None if dense is None else (hidden_size * D, dense))
 
 
@@ -168,6 +185,19 @@ def summary_rows(model: nn.Module, input_shape: Sequence[int], dtype=torch.float
     return rows
 
 
+def cell_options(model: nn.Module) -> list[tuple[str, str]]:
+    """(module name, "layer_norm, recurrent_dropout=0.25, ...") for each GRU of ``model`` with cell options:
+    they change what the layer computes, and the rows above show only its shapes and counts."""
+    found = []
+    for name, module in model.named_modules():
+        spec = getattr(module, "cell", None)
+        if isinstance(spec, CellSpec) and not spec.plain:
+            parts = (["layer_norm"] if spec.layer_norm else []) + [
+                f"{option}={getattr(spec, option):g}" for option in PROBABILITIES if getattr(spec, option)]
+            found.append((name or "(root)", ", ".join(parts)))
+    return found
+
+
 def summary(model: nn.Module, input_shape: Sequence[int], dtype=torch.float32, print_fn=print) -> str:
     """Print (and return) a Keras-like table: layer (type), output shape, parameter count, totals."""
     rows = summary_rows(model, input_shape, dtype)
@@ -180,6 +210,7 @@ def summary(model: nn.Module, input_shape: Sequence[int], dtype=torch.float32, p
     total, trainable = sum(r.params for r in rows), sum(r.trainable for r in rows)
     lines += [rule, f"Total params: {total:,}", f"Trainable params: {trainable:,}",
               f"Non-trainable params: {total - trainable:,}", rule]
+    lines += [f"{name} cell options: {options}" for name, options in cell_options(model)]
     text = "\n".join(lines)
     if print_fn is not None:
         print_fn(text)

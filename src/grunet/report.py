@@ -19,6 +19,7 @@ import csv
 import html
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
@@ -26,6 +27,7 @@ import numpy as np
 import torch
 
 from . import __version__
+from .contract import PROBABILITIES
 from .errors import GrunetError
 
 SCHEMA = 1
@@ -104,12 +106,51 @@ def _note(text: str) -> str:
     return f'<p class="note">{text}</p>'
 
 
+@dataclass
+class _Run:
+    """What the report reads from a run directory."""
+
+    directory: Path
+    rows: list[dict]  # metrics.csv, parsed
+    config: dict  # config.json
+    summary: Optional[dict]  # summary.json; None for a stopped run
+    model: object  # the model of best.pt (else last.pt), in eval mode
+    checkpoint: dict
+    checkpoint_name: str
+
+
+@dataclass
+class _TestSplit:
+    """The run's test split and the model's probabilities on it; without them (``problem`` says why) the
+    figures that need them are not drawn."""
+
+    dataset: str
+    names: list[str]
+    images: Optional[np.ndarray] = None
+    labels: Optional[np.ndarray] = None
+    x: Optional[torch.Tensor] = None
+    probabilities: Optional[np.ndarray] = None
+    problem: str = ""
+
+
 def write_report(run_dir: str | os.PathLike, out: str | os.PathLike | None = None) -> Path:
     """Write the report of the run in ``run_dir`` (see the module docstring); returns the HTML file's path."""
-    from .checkpoint import load_model
-    from .data import CLASS_NAMES, load_split, to_sequences
+    from .fileio import write_text
 
-    run_dir = Path(run_dir)
+    run = _read_run(Path(run_dir))
+    html_path, fig_dir = _report_paths(run.directory, out)
+    test = _score_test_split(run)
+    _make_directories(html_path, fig_dir)
+    figures = _Figures(fig_dir)
+    sections = _sections(run, test, figures)
+    write_text(html_path, _page(run.directory, run.config, sections))
+    return html_path
+
+
+def _read_run(run_dir: Path) -> _Run:
+    """The run's files; a missing or unreadable one is one GrunetError line."""
+    from .checkpoint import load_model
+
     rows = read_metrics(run_dir)
     config = _read_json(run_dir / "config.json")
     if config is None:
@@ -117,118 +158,131 @@ def write_report(run_dir: str | os.PathLike, out: str | os.PathLike | None = Non
                           f"got none")
     summary = _read_json(run_dir / "summary.json")
     model, ckpt = load_model(run_dir, impl="reference")  # a missing, unreadable or mismatched checkpoint is an error
-    checkpoint_name = "best.pt" if (run_dir / "best.pt").is_file() else "last.pt"
+    name = "best.pt" if (run_dir / "best.pt").is_file() else "last.pt"
+    return _Run(run_dir, rows, config, summary, model, ckpt, name)
+
+
+def _report_paths(run_dir: Path, out) -> tuple[Path, Path]:
+    """(the HTML file, the directory of its PNG figures)."""
     if out is None:
-        html_path, fig_dir = run_dir / "report" / "index.html", run_dir / "report"
-    else:
-        html_path = Path(out)
-        if html_path.suffix.lower() not in (".html", ".htm"):
-            raise GrunetError(f"--out: expected a file name ending in .html, got {html_path}")
-        fig_dir = html_path.parent / f"{html_path.stem}_files"
+        return run_dir / "report" / "index.html", run_dir / "report"
+    html_path = Path(out)
+    if html_path.suffix.lower() not in (".html", ".htm"):
+        raise GrunetError(f"--out: expected a file name ending in .html, got {html_path}")
+    return html_path, html_path.parent / f"{html_path.stem}_files"
 
-    # the test split: when it cannot be loaded (a dataset not on this machine) the figures needing it say so
+
+def _score_test_split(run: _Run) -> _TestSplit:
+    """The test split and the model's class probabilities on it, or the reason they are not available (a
+    dataset not on this machine): the report is still written, with the figures that need them left out."""
+    from .data import CLASS_NAMES, load_split, to_sequences
+
+    config = run.config
     dataset = config.get("dataset", "mnist-sample")
-    names = [str(c) for c in CLASS_NAMES.get(dataset, CLASS_NAMES["mnist"])]
-    x_test = labels = images = probabilities = None
-    problem = ""
+    test = _TestSplit(dataset, [str(c) for c in CLASS_NAMES.get(dataset, CLASS_NAMES["mnist"])])
     try:
-        images, labels = load_split(dataset, "test", data_dir=config.get("data_dir"))
-        x_test = to_sequences(images, config.get("view", "rows"), permutation_seed=config.get("permutation_seed", 0))
+        test.images, test.labels = load_split(dataset, "test", data_dir=config.get("data_dir"))
+        test.x = to_sequences(test.images, config.get("view", "rows"), permutation_seed=config.get("permutation_seed", 0))
         with torch.no_grad():
-            probabilities = torch.cat([model.predict_proba(x_test[i:i + 1000]) for i in range(0, len(x_test), 1000)])
-        probabilities = probabilities.double().numpy()
+            probabilities = torch.cat([run.model.predict_proba(test.x[i:i + 1000]) for i in range(0, len(test.x), 1000)])
+        test.probabilities = probabilities.double().numpy()
     except GrunetError as e:
-        problem = f"the test split of {dataset} cannot be loaded: {e}"
+        test.problem = f"the test split of {dataset} cannot be loaded: {e}"
+    return test
 
+
+def _make_directories(html_path: Path, fig_dir: Path) -> None:
     try:
         fig_dir.mkdir(parents=True, exist_ok=True)
         html_path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise GrunetError(f"report directory: expected a writable directory, got {fig_dir} ({e.strerror})") from None
-    figures = _Figures(fig_dir)
-    from . import plots
 
-    sections: dict[str, str] = {}
-    unavailable = _note("Not drawn: " + html.escape(problem)) if problem else ""
 
-    # summary
+def _sections(run: _Run, test: _TestSplit, figures: _Figures) -> dict[str, str]:
+    """The HTML of every section of SECTIONS, by id."""
+    sections = {"summary": _summary_section(run, test), "curves": _curves_section(run, test.dataset, figures)}
+    if test.probabilities is not None:
+        sections["confusion"] = _confusion_section(run, test, figures)
+        sections["mistakes"] = _mistakes_section(test, figures)
+        sections["gates"] = _gates_section(run.model, test.x, test.images, test.labels, test.names, run.config,
+                                           figures)
+    else:
+        unavailable = _note("Not drawn: " + html.escape(test.problem))
+        sections["confusion"] = sections["mistakes"] = sections["gates"] = unavailable
+    sections["parameters"] = _parameters_section(run.config, run.model, test.x)
+    sections["timings"] = _timings_section(run.summary, run.rows, run.config)
+    sections["config"] = (f"<p>config.json of the run, every setting:</p>{_pre(json.dumps(run.config, indent=2))}"
+                          + _checkpoint_words(run.checkpoint_name, run.checkpoint))
+    return sections
+
+
+def _summary_section(run: _Run, test: _TestSplit) -> str:
+    rows, summary, config = run.rows, run.summary, run.config
     best = max(rows, key=lambda r: r["test_accuracy"])
     last = rows[-1]
     status = ("finished" if summary is not None else
               f"no summary.json: the run was stopped (or is still running); its files reach step {last['step']:,}")
-    items = [("run directory", html.escape(str(run_dir.resolve()))), ("status", html.escape(status)),
+    items = [("run directory", html.escape(str(run.directory.resolve()))), ("status", html.escape(status)),
              ("model", html.escape(_model_words(config))),
-             ("data", html.escape(f"{dataset}, view {config.get('view')}")
-              + (f", {len(labels):,} test digits" if labels is not None else "")),
+             ("data", html.escape(f"{test.dataset}, view {config.get('view')}")
+              + (f", {len(test.labels):,} test digits" if test.labels is not None else "")),
              ("steps", f"{(summary or {}).get('steps', last['step'] + 1):,} of {config.get('steps', 0):,}"),
              ("best test accuracy", f"{best['test_accuracy']:.4f} at step {best['step']:,}"),
              ("last evaluated test accuracy", f"{last['test_accuracy']:.4f} at step {last['step']:,}")]
     if summary is not None and summary.get("final_test_accuracy") is not None:
         items.append(("final test accuracy", f"{summary['final_test_accuracy']:.4f}"))
-    sections["summary"] = _table(items)
+    return _table(items)
 
-    # curves
-    steps = [r["step"] for r in rows]
+
+def _curves_section(run: _Run, dataset: str, figures: _Figures) -> str:
+    """Loss and accuracies against steps; for the tutorial's recipe, the tutorial's published accuracies."""
+    from . import plots
+
+    rows = run.rows
     tutorial = None
     caption = "Loss: training cross-entropy averaged over the steps since the previous evaluation. "
-    if is_tutorial_recipe(config):
-        label = "tutorial, published (full MNIST)"
-        tutorial = (TUTORIAL_STEPS, TUTORIAL_ACCURACY, label)
+    if is_tutorial_recipe(run.config):
+        tutorial = (TUTORIAL_STEPS, TUTORIAL_ACCURACY, "tutorial, published (full MNIST)")
         caption += ("Red diamonds: the tutorial's published test accuracy at steps 0, 100, 200, 300 "
                     "(" + ", ".join(f"{a:.4f}" for a in TUTORIAL_ACCURACY) + "), measured on full MNIST's "
                     "10,000 test digits")
         caption += "; this run's test split is the bundled 1,000-digit sample." if dataset == "mnist-sample" else "."
-    fig = plots.curves_figure(steps, [r["loss"] for r in rows], [r["test_accuracy"] for r in rows],
+    fig = plots.curves_figure([r["step"] for r in rows], [r["loss"] for r in rows], [r["test_accuracy"] for r in rows],
                               [r["train_accuracy"] for r in rows], tutorial=tutorial)
-    sections["curves"] = figures.img("curves", fig, "loss and accuracy against steps") + f'<p>{html.escape(caption)}</p>'
+    return figures.img("curves", fig, "loss and accuracy against steps") + f"<p>{html.escape(caption)}</p>"
 
-    # confusion matrix and mistakes
-    if probabilities is not None:
-        from .commands.eval import confusion_matrix
 
-        predicted = probabilities.argmax(1)
-        matrix = confusion_matrix(torch.as_tensor(labels), torch.as_tensor(predicted), len(names)).numpy()
-        caption = (f"The weights of {checkpoint_name} on the {len(labels):,} digits of the {dataset} test split; "
-                   f"rows: true class, columns: predicted; colour: share of the row.")
-        sections["confusion"] = ('<div class="side">'
-                                 + figures.img("confusion", plots.confusion_figure(matrix, names), "confusion matrix")
-                                 + _per_class_table(matrix, names) + f"</div><p>{html.escape(caption)}</p>")
-        wrong = np.flatnonzero(predicted != labels)
-        order = wrong[np.argsort(-probabilities[wrong, predicted[wrong]], kind="stable")][:MISTAKES]
-        if len(order):
-            captions = [f"#{i}: true {_name(labels[i], names)}\npredicted {_name(predicted[i], names)}\n"
-                        f"p = {probabilities[i, predicted[i]]:.3f}" for i in order]
-            sections["mistakes"] = (figures.img("mistakes", plots.digits_figure([images[i] for i in order], captions),
-                                                "the most confidently wrong test digits")
-                                    + f"<p>{len(wrong):,} of {len(labels):,} test digits are wrong; these are the "
-                                      f"{len(order)} with the highest probability on the wrong class "
-                                      f"(#: index in the test split, for <code>grunet explain --index</code>).</p>")
-        else:
-            sections["mistakes"] = "<p>No test digit is wrong.</p>"
-    else:
-        sections["confusion"] = sections["mistakes"] = unavailable
+def _confusion_section(run: _Run, test: _TestSplit, figures: _Figures) -> str:
+    from . import plots
+    from .metrics import confusion_matrix
 
-    # gates
-    if probabilities is not None:
-        sections["gates"] = _gates_section(model, x_test, images, labels, names, config, figures)
-    else:
-        sections["gates"] = unavailable
+    predicted = test.probabilities.argmax(1)
+    matrix = confusion_matrix(torch.as_tensor(test.labels), torch.as_tensor(predicted), len(test.names)).numpy()
+    caption = (f"The weights of {run.checkpoint_name} on the {len(test.labels):,} digits of the {test.dataset} test "
+               f"split; rows: true class, columns: predicted; colour: share of the row.")
+    return ('<div class="side">' + figures.img("confusion", plots.confusion_figure(matrix, test.names),
+                                               "confusion matrix")
+            + _per_class_table(matrix, test.names) + f"</div><p>{html.escape(caption)}</p>")
 
-    # parameters
-    sections["parameters"] = _parameters_section(config, model, x_test)
 
-    # timings
-    sections["timings"] = _timings_section(summary, rows, config)
+def _mistakes_section(test: _TestSplit, figures: _Figures) -> str:
+    """The test digits given the highest probability on a wrong class."""
+    from . import plots
 
-    # config
-    sections["config"] = (f"<p>config.json of the run, every setting:</p>{_pre(json.dumps(config, indent=2))}"
-                          + _checkpoint_words(checkpoint_name, ckpt))
-
-    page = _page(run_dir, config, sections)
-    from .fileio import write_text
-
-    write_text(html_path, page)
-    return html_path
+    probabilities, labels, names = test.probabilities, test.labels, test.names
+    predicted = probabilities.argmax(1)
+    wrong = np.flatnonzero(predicted != labels)
+    order = wrong[np.argsort(-probabilities[wrong, predicted[wrong]], kind="stable")][:MISTAKES]
+    if not len(order):
+        return "<p>No test digit is wrong.</p>"
+    captions = [f"#{i}: true {_name(labels[i], names)}\npredicted {_name(predicted[i], names)}\n"
+                f"p = {probabilities[i, predicted[i]]:.3f}" for i in order]
+    return (figures.img("mistakes", plots.digits_figure([test.images[i] for i in order], captions),
+                        "the most confidently wrong test digits")
+            + f"<p>{len(wrong):,} of {len(labels):,} test digits are wrong; these are the "
+              f"{len(order)} with the highest probability on the wrong class "
+              f"(#: index in the test split, for <code>grunet explain --index</code>).</p>")
 
 
 def _checkpoint_words(name: str, ckpt: dict) -> str:
@@ -268,6 +322,11 @@ def _model_words(config: dict) -> str:
     if cell == "GRU":
         words += ", " + ("reset-after" if config.get("reset_after") else "reset-before")
         words += f", {config.get('recurrent_activation', 'sigmoid')}"
+        if config.get("layer_norm"):
+            words += ", layer norm"
+        for option in PROBABILITIES:  # runs from before the cell options have none of these keys
+            if config.get(option):
+                words += f", {option.replace('_', ' ')} {config[option]:g}"
     return words + " -> Dense(10) -> softmax"
 
 
@@ -309,7 +368,7 @@ def _parameters_section(config: dict, model, x_test) -> str:
             model.config.input_size if model is not None else (28 if config.get("view") == "rows" else 1))
         table = count_params(input_size, config["units"], reset_after=bool(config.get("reset_after")),
                              num_layers=config.get("layers", 1), bidirectional=bool(config.get("bidirectional")),
-                             dense=10).table()
+                             dense=10, layer_norm=bool(config.get("layer_norm"))).table()
         parts.append(f"<p>Gate by gate, with the formula (U = {config['units']} units, I = {input_size} inputs"
                      f"{', stacked layers read I = U x ' + str(D) if config.get('layers', 1) > 1 else ''}):</p>"
                      + _pre(table))

@@ -26,7 +26,7 @@ import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, NamedTuple, Optional
 
 import numpy as np
 import torch
@@ -35,6 +35,7 @@ from torch import nn
 from . import __version__
 from .checkpoint import architecture_of, check_state_dict, load_checkpoint, save_checkpoint
 from .config import from_dict as config_from_dict
+from .contract import PROBABILITIES
 from .data import DATASETS, VIEWS, load_split, to_sequences
 from .errors import GrunetError, expect
 from .fileio import write_json, write_text
@@ -45,6 +46,7 @@ from .run_dir import RunLock, check_new, check_writable, make_new
 from .train_state import METRICS_FIELDS, Batches, check_progress, plain_rng_states, set_rng_states
 
 CONFIG_VERSION = 1
+CELL_OPTIONS = ("layer_norm", *PROBABILITIES)
 TRAIN_IMPLS = ("auto", "reference", "fused", "torch")  # "torch": torch.nn.GRU, the baseline
 MAX_SEED = 2**32 - 1  # NumPy's RandomState (the permutation, np.random) takes seeds below 2**32
 MAX_STEPS = 10**12  # years of training at any speed; a bound that keeps every count in int64
@@ -69,6 +71,12 @@ class TrainConfig:
     recurrent_activation: str = "sigmoid"
     cell: str = "gru"
     init: str = "keras"
+    # the GRU cell options (grunet.contract); runs made before they existed load with these defaults
+    layer_norm: bool = False
+    recurrent_dropout: float = 0.0
+    input_dropout: float = 0.0
+    weight_dropout: float = 0.0
+    zoneout: float = 0.0
     impl: str = "auto"
     steps: int = 50_000
     batch_size: int = 50
@@ -100,11 +108,30 @@ class TrainConfig:
                "--device", "'cpu' or 'cuda[:N]'", repr(self.device))
         if self.device.startswith("cuda"):
             expect(torch.cuda.is_available(), "--device", "a visible CUDA device", "none (torch sees no GPU)")
+        self._check_cell_options()
         model = self.model_config(28 if self.view == "rows" else 1)  # the datasets' images are 28 x 28
         parameters = model.parameter_count()
         expect_fits(TRAINING_BYTES_PER_PARAMETER * parameters, "--units",
                     f"{parameters:,} parameters ({self.layers} layers of {self.units} units) to train")
         return self
+
+    def _check_cell_options(self) -> None:
+        """Each option named as the command line spells it, before grunet.contract.CellSpec sees them."""
+        expect(isinstance(self.layer_norm, bool), "--layer-norm", "True or False", repr(self.layer_norm))
+        for name in PROBABILITIES:
+            p = getattr(self, name)
+            expect(isinstance(p, (int, float)) and not isinstance(p, bool) and math.isfinite(p) and 0 <= p < 1,
+                   _flag(name), "a number in [0, 1)", p)
+        used = [name for name in CELL_OPTIONS if getattr(self, name)]
+        if used and self.cell != "gru":
+            raise GrunetError(f"{_flag(used[0])}: expected --cell gru (the cell options are grunet.GRU's), "
+                              f"got --cell {self.cell}")
+        if used and self.impl == "torch":
+            raise GrunetError(f"{_flag(used[0])}: expected --impl auto, fused or reference (torch.nn.GRU has no "
+                              f"cell options), got --impl torch")
+        if self.layer_norm and not self.reset_after:
+            raise GrunetError("--layer-norm: expected --reset-after (the layer-normalised GRU normalises W_hh h, "
+                              "which the reset-before GRU never forms), got --reset-before (the default)")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -116,10 +143,15 @@ class TrainConfig:
     def model_config(self, input_size: int) -> ModelConfig:
         return ModelConfig(input_size=input_size, hidden_size=self.units, num_classes=10, num_layers=self.layers,
                            bidirectional=self.bidirectional, reset_after=self.reset_after,
-                           recurrent_activation=self.recurrent_activation, cell=self.cell, init=self.init)
+                           recurrent_activation=self.recurrent_activation, cell=self.cell, init=self.init,
+                           layer_norm=self.layer_norm, **{name: getattr(self, name) for name in PROBABILITIES})
 
     def data_info(self) -> dict:
         return {"dataset": self.dataset, "view": self.view, "permutation_seed": self.permutation_seed}
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
 
 
 def _expect_int(value, what: str, low: int, high: int) -> None:
@@ -224,8 +256,8 @@ class Trainer:
         """Everything from ``path`` (last.pt), each part checked against this run before it is used."""
         ckpt = load_checkpoint(path)
         expected = architecture_of(self.model)
-        expect(ckpt["architecture"] == expected, f"{path}", f"the architecture of the run's config.json "
-               f"({_short(expected)})", f"another one ({_short(ckpt['architecture'])})")
+        expect(_with_defaults(ckpt["architecture"]) == expected, f"{path}", f"the architecture of the run's "
+               f"config.json ({_short(expected)})", f"another one ({_short(ckpt['architecture'])})")
         check_state_dict(self.model.state_dict(), ckpt["model"], str(path))
         progress = check_progress(ckpt.get("progress"), f"{path} progress", MAX_STEPS)
         load_optimizer_state(self.optimizer, ckpt.get("optimizer"), f"{path} optimizer")
@@ -235,12 +267,21 @@ class Trainer:
         self.progress = progress
 
 
+def _with_defaults(architecture):
+    """A stored architecture with the keys its grunet did not write yet (the cell options) at their defaults,
+    so that a run from before them resumes."""
+    if not isinstance(architecture, dict) or not isinstance(architecture.get("config"), dict):
+        return architecture
+    defaults = {name: value for name, value in ModelConfig().to_dict().items() if name in CELL_OPTIONS}
+    return {**architecture, "config": {**defaults, **architecture["config"]}}
+
+
 def _short(architecture) -> str:
     if not isinstance(architecture, dict) or not isinstance(architecture.get("config"), dict):
         return repr(architecture)[:60]
     c = architecture["config"]
     return ", ".join(f"{k}={c[k]!r}" for k in ("cell", "hidden_size", "num_layers", "bidirectional", "reset_after",
-                                               "input_size") if k in c)
+                                               "input_size", *CELL_OPTIONS) if k in c)
 
 
 def load_optimizer_state(optimizer: torch.optim.Optimizer, state, where: str) -> None:
@@ -298,6 +339,15 @@ def write_config(out: Path, config: TrainConfig) -> None:
                                      **config.to_dict()})
 
 
+class Data(NamedTuple):
+    """The run's sequences and labels, on the run's device."""
+
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+
+
 def run(
     config: TrainConfig,
     out_dir: str | os.PathLike,
@@ -313,27 +363,11 @@ def run(
     steps done (it extends the run; config.json records the new total)."""
     config.validate()
     out = Path(out_dir)
-    if resume:
-        saved = read_config(out)
-        differences = config_differences(saved, {k: v for k, v in config.to_dict().items() if k != "steps"})
-        expect(not differences, "--resume", "the run's settings", "; ".join(differences))
-        check_writable(out)
-    else:
-        check_new(out)  # fail before loading data; checked again under the lock
+    saved = _check_run_directory(config, out, resume)
     if config.threads:
         torch.set_num_threads(config.threads)
-    device = torch.device(config.device)
-    x_train, y_train, x_test, y_test = load_data(config)
-    x_train, y_train = x_train.to(device), y_train.to(device)
-    x_test, y_test = x_test.to(device), y_test.to(device)
-
-    torch.manual_seed(config.seed)
-    np.random.seed(config.seed)
-    random.seed(config.seed)
-    model = SequenceClassifier(config.model_config(x_train.shape[2]), impl=config.impl).to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, fused=True)  # one kernel for all params
-    batches = Batches(len(x_train), config.batch_size, config.shuffle, config.seed)
-    trainer = Trainer(config, out, model, optimizer, batches, new_progress())
+    data = _load_data_on(config, torch.device(config.device))
+    trainer = _new_trainer(config, out, data)
     if not resume:
         make_new(out)  # only once the data and model are known to be good: no empty run left
     with RunLock(out), StopRequest() as stop:
@@ -342,12 +376,47 @@ def run(
         if resume:
             _continue(trainer, saved, print_fn)
         else:
-            check_new(out)  # another process may have started a run here meanwhile
-            write_config(out, config)
-            from .params import summary
+            _start(trainer, data, print_fn)
+        return _train(trainer, data, stop, print_fn, progress, on_step)
 
-            summary(model, (1, *x_train.shape[1:]), print_fn=print_fn)
-        return _train(trainer, (x_train, y_train, x_test, y_test), stop, print_fn, progress, on_step)
+
+def _check_run_directory(config: TrainConfig, out: Path, resume: bool) -> Optional[TrainConfig]:
+    """Before any data is loaded: a resumed run's config.json (which ``config`` may differ from in steps
+    only) and a writable directory, or a directory free for a new run (checked again under the lock)."""
+    if not resume:
+        check_new(out)
+        return None
+    saved = read_config(out)
+    differences = config_differences(saved, {k: v for k, v in config.to_dict().items() if k != "steps"})
+    expect(not differences, "--resume", "the run's settings", "; ".join(differences))
+    check_writable(out)
+    return saved
+
+
+def _load_data_on(config: TrainConfig, device: torch.device) -> Data:
+    x_train, y_train, x_test, y_test = load_data(config)
+    return Data(x_train.to(device), y_train.to(device), x_test.to(device), y_test.to(device))
+
+
+def _new_trainer(config: TrainConfig, out: Path, data: Data) -> Trainer:
+    """The seeded model, its optimizer and the batch order at step 0 (a resumed run restores them later)."""
+    torch.manual_seed(config.seed)
+    np.random.seed(config.seed)
+    random.seed(config.seed)
+    device = data.x_train.device
+    model = SequenceClassifier(config.model_config(data.x_train.shape[2]), impl=config.impl).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, fused=True)  # one kernel for all params
+    batches = Batches(len(data.x_train), config.batch_size, config.shuffle, config.seed)
+    return Trainer(config, out, model, optimizer, batches, new_progress())
+
+
+def _start(trainer: Trainer, data: Data, print_fn: Callable[[str], None]) -> None:
+    """A new run: config.json, then the model summary."""
+    from .params import summary
+
+    check_new(trainer.out)  # another process may have started a run here meanwhile
+    write_config(trainer.out, trainer.config)
+    summary(trainer.model, (1, *data.x_train.shape[1:]), print_fn=print_fn)
 
 
 def _continue(trainer: Trainer, saved: TrainConfig, print_fn: Callable[[str], None]) -> None:
@@ -366,76 +435,95 @@ def _continue(trainer: Trainer, saved: TrainConfig, print_fn: Callable[[str], No
         print_fn(f"starting {out} from step 0: it holds no checkpoint yet")
 
 
-def _train(trainer: Trainer, data, stop: StopRequest, print_fn, progress, on_step) -> RunResult:
-    config, out, model, state = trainer.config, trainer.out, trainer.model, trainer.progress
-    x_train, y_train, x_test, y_test = data
+def _train(trainer: Trainer, data: Data, stop: StopRequest, print_fn, progress, on_step) -> RunResult:
+    """The loop from the run's step to its last: a step, an evaluation every eval_every steps, and the
+    final weights always evaluated; a stop request ends it with last.pt saved."""
+    config, state = trainer.config, trainer.progress
     loss_fn = nn.CrossEntropyLoss()
-
-    def record(i: int, scheduled: bool) -> None:
-        """Evaluate after step i: a row of metrics.csv, last.pt, and best.pt when it is the best so far. The
-        final, off-schedule row keeps the loss window: a run extended later goes on exactly as one that never
-        stopped."""
-        accuracy, _ = evaluate(model, x_test, y_test, config.eval_batch_size)
-        window = state["window"]
-        row = {"step": i, "loss": f"{window[0] / max(window[2], 1):.6f}",
-               "train_accuracy": f"{window[1] / max(window[2], 1):.6f}", "test_accuracy": f"{accuracy:.6f}",
-               "elapsed_s": f"{state['elapsed']:.3f}"}
-        state["rows"].append(row)
-        if scheduled:
-            state["window"] = [0.0, 0, 0]
-        improved = float(row["test_accuracy"]) > state["best"]  # as metrics.csv has it: best.pt is its best row
-        state["best"] = max(state["best"], float(row["test_accuracy"]))
-        trainer.save("last.pt")
-        if improved:
-            trainer.save("best.pt")
-        write_metrics(out / "metrics.csv", state["rows"])
-        bar.write(f"step {i:>6}  loss {row['loss'][:6]}  train {row['train_accuracy'][:6]}  "
-                  f"accuracy: {accuracy:.4f}")
-
-    start_step, t0 = state["step"], time.perf_counter()
-    elapsed0 = state["elapsed"]
-    bar = Progress(total=config.steps, initial=start_step, enabled=progress, print_fn=print_fn)
-    model.train()
+    clock = (time.perf_counter(), state["elapsed"])  # elapsed time goes on from the run's earlier parts
+    bar = Progress(total=config.steps, initial=state["step"], enabled=progress, print_fn=print_fn)
+    trainer.model.train()
     with bar:
-        for i in range(start_step, config.steps):
+        for i in range(state["step"], config.steps):
             if stop.signum is not None:
                 break
-            t_step = time.perf_counter()
-            idx = trainer.batches.next_indices()
-            xb, yb = x_train[idx], y_train[idx]
-            logits = model(xb)
-            loss = loss_fn(logits, yb)
-            trainer.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            trainer.optimizer.step()
-            window = state["window"]
-            window[0] += loss.item() * len(yb)
-            window[1] += int((logits.argmax(1) == yb).sum())
-            window[2] += len(yb)
-            state["step"] = i + 1
-            state["train_seconds"] += time.perf_counter() - t_step
-            state["elapsed"] = elapsed0 + time.perf_counter() - t0
+            loss = _step(trainer, data, loss_fn, i, clock)
             if i % config.eval_every == 0:
-                record(i, scheduled=True)
+                _record(trainer, data, i, scheduled=True, write=bar.write)
             samples_per_s = state["step"] * config.batch_size / max(state["train_seconds"], 1e-9)
-            bar.update(loss=loss.item(), accuracy=state["best"] if state["rows"] else None,
-                       samples_per_s=samples_per_s)
+            bar.update(loss=loss, accuracy=state["best"] if state["rows"] else None, samples_per_s=samples_per_s)
             if on_step is not None:
                 on_step(i)
         if stop.signum is not None and state["step"] < config.steps:
-            trainer.save("last.pt")
-            write_metrics(out / "metrics.csv", state["rows"])
-            name = signal.Signals(stop.signum).name
-            print_fn(f"stopped by {name} after step {state['step']:,} of {config.steps:,}; the checkpoint "
-                     f"{out / 'last.pt'} is intact. Resume with: grunet train --resume {out}")
-            return RunResult(128 + stop.signum, None, out)
-        rows = state["rows"]
-        if not rows or int(rows[-1]["step"]) != state["step"] - 1:  # the final weights are always a row
-            record(state["step"] - 1, scheduled=False)
-        else:
-            trainer.save("last.pt")
-            write_metrics(out / "metrics.csv", rows)
-    return _finish(trainer, len(x_train), len(x_test), print_fn)
+            return _stopped(trainer, stop.signum, print_fn)
+        _record_final(trainer, data, bar.write)
+    return _finish(trainer, len(data.x_train), len(data.x_test), print_fn)
+
+
+def _step(trainer: Trainer, data: Data, loss_fn, i: int, clock: tuple[float, float]) -> float:
+    """Training step i: one batch, one Adam update, the loss window and the timings; returns the loss."""
+    state = trainer.progress
+    t_step = time.perf_counter()
+    idx = trainer.batches.next_indices()
+    xb, yb = data.x_train[idx], data.y_train[idx]
+    logits = trainer.model(xb)
+    loss = loss_fn(logits, yb)
+    trainer.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    trainer.optimizer.step()
+    value = loss.item()
+    window = state["window"]
+    window[0] += value * len(yb)
+    window[1] += int((logits.argmax(1) == yb).sum())
+    window[2] += len(yb)
+    state["step"] = i + 1
+    state["train_seconds"] += time.perf_counter() - t_step
+    state["elapsed"] = clock[1] + time.perf_counter() - clock[0]
+    return value
+
+
+def _record(trainer: Trainer, data: Data, i: int, scheduled: bool, write: Callable[[str], None]) -> None:
+    """Evaluate after step i: a row of metrics.csv, last.pt, and best.pt when it is the best so far. The
+    final, off-schedule row keeps the loss window: a run extended later goes on exactly as one that never
+    stopped."""
+    config, state = trainer.config, trainer.progress
+    accuracy, _ = evaluate(trainer.model, data.x_test, data.y_test, config.eval_batch_size)
+    window = state["window"]
+    row = {"step": i, "loss": f"{window[0] / max(window[2], 1):.6f}",
+           "train_accuracy": f"{window[1] / max(window[2], 1):.6f}", "test_accuracy": f"{accuracy:.6f}",
+           "elapsed_s": f"{state['elapsed']:.3f}"}
+    state["rows"].append(row)
+    if scheduled:
+        state["window"] = [0.0, 0, 0]
+    improved = float(row["test_accuracy"]) > state["best"]  # as metrics.csv has it: best.pt is its best row
+    state["best"] = max(state["best"], float(row["test_accuracy"]))
+    trainer.save("last.pt")
+    if improved:
+        trainer.save("best.pt")
+    write_metrics(trainer.out / "metrics.csv", state["rows"])
+    write(f"step {i:>6}  loss {row['loss'][:6]}  train {row['train_accuracy'][:6]}  accuracy: {accuracy:.4f}")
+
+
+def _record_final(trainer: Trainer, data: Data, write: Callable[[str], None]) -> None:
+    """The final weights are always a row of metrics.csv (unless the last step was evaluated already)."""
+    state = trainer.progress
+    rows = state["rows"]
+    if not rows or int(rows[-1]["step"]) != state["step"] - 1:
+        _record(trainer, data, state["step"] - 1, scheduled=False, write=write)
+    else:
+        trainer.save("last.pt")
+        write_metrics(trainer.out / "metrics.csv", rows)
+
+
+def _stopped(trainer: Trainer, signum: int, print_fn: Callable[[str], None]) -> RunResult:
+    """A stop request between steps: last.pt and metrics.csv as they are, and how to go on."""
+    out, state = trainer.out, trainer.progress
+    trainer.save("last.pt")
+    write_metrics(out / "metrics.csv", state["rows"])
+    name = signal.Signals(signum).name
+    print_fn(f"stopped by {name} after step {state['step']:,} of {trainer.config.steps:,}; the checkpoint "
+             f"{out / 'last.pt'} is intact. Resume with: grunet train --resume {out}")
+    return RunResult(128 + signum, None, out)
 
 
 def _finish(trainer: Trainer, train_size: int, test_size: int, print_fn) -> RunResult:

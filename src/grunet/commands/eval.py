@@ -8,6 +8,7 @@ import torch
 from ..checkpoint import load_model, resolve
 from ..data import CLASS_NAMES, DATASETS, VIEWS, load_split, to_sequences
 from ..errors import GrunetError
+from ..metrics import confusion_matrix
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -19,11 +20,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=1000)
     p.description = ((p.description or "") + ". The first line names the checkpoint file scored and its training "
                      "step (a run directory's best.pt, else last.pt).")
-
-
-def confusion_matrix(labels: torch.Tensor, predictions: torch.Tensor, classes: int) -> torch.Tensor:
-    """C[i, j] = number of digits of class i predicted as j."""
-    return torch.bincount(labels * classes + predictions, minlength=classes * classes).reshape(classes, classes)
 
 
 def format_report(matrix: torch.Tensor, names: list[str]) -> str:

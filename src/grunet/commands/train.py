@@ -34,6 +34,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     variant.add_argument("--reset-after", dest="reset_after", action="store_true", default=None,
                          help="cuDNN / PyTorch / Keras >= 2.4 GRU")
     p.add_argument("--recurrent-activation", choices=["sigmoid", "hard_sigmoid_keras2", "hard_sigmoid_keras3"])
+    p.add_argument("--layer-norm", action="store_true", default=None,
+                   help="layer-normalised GRU: W_ih x and W_hh h normalised, each with its own gain (needs --reset-after)")
+    p.add_argument("--recurrent-dropout", type=float, metavar="P",
+                   help="Keras's recurrent dropout: one mask per sequence on h where it enters W_hh (default 0)")
+    p.add_argument("--input-dropout", type=float, metavar="P",
+                   help="Keras's dropout: one mask per sequence on the input features (default 0)")
+    p.add_argument("--weight-dropout", type=float, metavar="P",
+                   help="DropConnect on W_hh, one mask per batch (default 0)")
+    p.add_argument("--zoneout", type=float, metavar="P",
+                   help="zoneout: each unit keeps its old state with probability P at each step (default 0)")
     p.add_argument("--cell", choices=CELLS, help="gru (default) or lstm (torch.nn.LSTM, the baseline)")
     p.add_argument("--init", choices=["keras", "torch"], help="weight initialisation (default keras)")
     p.add_argument("--impl", choices=["auto", "reference", "fused", "torch"],

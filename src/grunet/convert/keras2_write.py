@@ -9,7 +9,8 @@ Layout (tf.keras 2.4-2.15, as TensorFlow's Keras 2 wrote it):
                       Embedding: ["<name>/embeddings:0"]; layers without weights: an empty list
         <weight name> the dataset (Keras layout, layout.torch_to_keras)
 In Keras 2, hard_sigmoid is clip(0.2x + 0.5, 0, 1): hard_sigmoid_keras3 (x/6 + 0.5) has no Keras 2 form and is
-refused. Note that Keras 3 reading this file would apply its own hard_sigmoid formula.
+refused. Note that Keras 3 reading this file would apply its own hard_sigmoid formula. The cell options are
+written or refused as by to_keras.
 """
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ from torch import nn
 from ..errors import GrunetError
 from ..fileio import write_bytes
 from .keras_read import _h5py
-from .keras_write import keras_arrays, keras_class, simple_config
+from .keras_write import check_keras_cell, keras_arrays, keras_class, simple_config
 from .stack import DenseSpec, EmbeddingSpec, GRUSpec, StackModel, as_stack
 
 KERAS2_VERSION = "2.4.0"
@@ -35,11 +36,14 @@ def _gru_config(spec: GRUSpec, name: str) -> dict:
     return {"name": name, "trainable": True, "dtype": "float32", "return_sequences": spec.return_sequences,
             "return_state": False, "go_backwards": False, "stateful": False, "unroll": False, "units": spec.units,
             "activation": "tanh", "recurrent_activation": KERAS2_ACTIVATIONS[spec.recurrent_activation],
-            "use_bias": spec.use_bias, "dropout": 0.0, "recurrent_dropout": 0.0, "reset_after": spec.reset_after}
+            "use_bias": spec.use_bias, "dropout": spec.input_dropout, "recurrent_dropout": spec.recurrent_dropout,
+            "reset_after": spec.reset_after}
 
 
 def keras2_config(stack: StackModel) -> dict:
     for spec in stack.specs:
+        if isinstance(spec, GRUSpec):
+            check_keras_cell(spec, "Keras 2 file")
         if isinstance(spec, GRUSpec) and spec.recurrent_activation not in KERAS2_ACTIVATIONS:
             raise GrunetError(f"layer {spec.name!r} (GRU): expected recurrent_activation 'sigmoid' or "
                               f"'hard_sigmoid_keras2' for a Keras 2 file, got {spec.recurrent_activation!r} (Keras 2's "

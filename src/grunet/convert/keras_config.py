@@ -9,8 +9,8 @@ GRU settings read: units, reset_after (absent in Keras <= 2.1 files: False), use
 recurrent_activation: "sigmoid", or "hard_sigmoid", which depends on the Keras that wrote the file:
     Keras 2: clip(0.2 x + 0.5, 0, 1) -> "hard_sigmoid_keras2";  Keras 3: clip(x / 6 + 0.5, 0, 1) -> "hard_sigmoid_keras3".
 Refused: activation other than tanh, go_backwards, stateful, return_state, time_major, zero_output_for_mask
-outside a Bidirectional (they change the maths or the outputs). Dropout settings only act in training and are
-ignored.
+outside a Bidirectional (they change the maths or the outputs). The GRU's dropout settings map to grunet.GRU's
+cell options (they act in training only): ``dropout`` -> input_dropout, ``recurrent_dropout`` -> recurrent_dropout.
 
 Every value is type-checked as it is read (the config is untrusted): a number where a string, list or dict
 belongs is one GrunetError line naming the layer and key.
@@ -201,10 +201,16 @@ def _gru_spec(cfg: dict, name: str, what: str, major: Optional[int], bidirection
         raise GrunetError(f"{what}: expected recurrent_activation 'sigmoid' or 'hard_sigmoid', got {rec!r}")
     units = get(cfg, "units", int, what)
     expect(units >= 1, f"{what} units", "an integer >= 1", _short(units))
+    rates = {}
+    for key, option in (("dropout", "input_dropout"), ("recurrent_dropout", "recurrent_dropout")):
+        rate = get(cfg, key, (int, float), what, 0.0)
+        # 1 would drop everything and scale by 1 / 0; NaN fails the comparison too
+        expect(0 <= rate < 1, f"{what} {key}", "a number in [0, 1)", _short(rate))
+        rates[option] = float(rate)
     return GRUSpec(name=name, units=units, reset_after=get(cfg, "reset_after", bool, what, False),
                    recurrent_activation=rec, use_bias=get(cfg, "use_bias", bool, what, True),
                    return_sequences=get(cfg, "return_sequences", bool, what, False), bidirectional=bidirectional,
-                   merge_mode=merge_mode)
+                   merge_mode=merge_mode, **rates)
 
 
 def _activation(cfg: dict, what: str, default: Optional[str]) -> str:

@@ -12,6 +12,8 @@ The archive is what ``keras.saving.load_model`` reads: a zip holding
                        layers/<key>/vars/{0,1} for Dense, layers/<key>/vars/0 for Embedding; vars at the root
 Weights go through layout.torch_to_keras (a permutation: exact). hard_sigmoid_keras2 has no Keras 3 form
 (Keras 3's hard_sigmoid is x/6 + 0.5), so such a model is refused here; to_keras_h5 writes it for Keras 2.
+A GRU's input_dropout and recurrent_dropout are written as Keras's dropout and recurrent_dropout; layer_norm
+and zoneout, which Keras's GRU lacks, are refused by name; weight_dropout (training only) is not written.
 """
 from __future__ import annotations
 
@@ -93,7 +95,16 @@ def _gru_config(spec: GRUSpec, name: str, go_backwards: bool = False) -> dict:
             "return_state": False, "go_backwards": go_backwards, "stateful": False, "unroll": False,
             "units": spec.units, "activation": "tanh",
             "recurrent_activation": KERAS3_ACTIVATIONS[spec.recurrent_activation], "use_bias": spec.use_bias,
-            "dropout": 0.0, "recurrent_dropout": 0.0, "reset_after": spec.reset_after}
+            "dropout": spec.input_dropout, "recurrent_dropout": spec.recurrent_dropout, "reset_after": spec.reset_after}
+
+
+def check_keras_cell(spec: GRUSpec, file: str) -> None:
+    """Refuse the cell options a Keras GRU has no setting for and that change its outputs: layer norm, and
+    zoneout (whose eval step mixes the old state in). weight_dropout acts in training only and is not written."""
+    for option, value in (("layer_norm", spec.layer_norm), ("zoneout", spec.zoneout)):
+        if value:
+            raise GrunetError(f"layer {spec.name!r} (GRU): expected a GRU without {option} for a {file} (a Keras "
+                              f"GRU has no {option}), got {option}={value}")
 
 
 def _entry(class_name: str, config: dict, input_shape: Optional[list] = None) -> dict:
@@ -106,6 +117,8 @@ def _entry(class_name: str, config: dict, input_shape: Optional[list] = None) ->
 def keras3_config(stack: StackModel) -> dict:
     """The config.json of a Keras 3 Sequential model equal to ``stack``."""
     for spec in stack.specs:
+        if isinstance(spec, GRUSpec):
+            check_keras_cell(spec, "Keras 3 file")
         if isinstance(spec, GRUSpec) and spec.recurrent_activation not in KERAS3_ACTIVATIONS:
             raise GrunetError(f"layer {spec.name!r} (GRU): expected recurrent_activation 'sigmoid' or "
                               f"'hard_sigmoid_keras3' for a Keras 3 file, got {spec.recurrent_activation!r} (Keras 3's "

@@ -14,7 +14,8 @@ Graph (dynamic "batch" and "time" axes; input "input" (batch, time, I), output "
     Dropout, SpatialDropout1D: no node (identity at inference)
     Flatten of a sequence: Transpose [1, 0, 2] + Reshape [0, -1] -> (B, T*F); of a vector: no node
     a sequence output goes back to batch-first with Transpose [1, 0, 2].
-Masking and Embedding are refused by name (the GRU operator has no per-step mask; token-id inputs are not
+A GRU with layer_norm or zoneout (no such thing in the GRU operator) is refused by name; its dropouts act in
+training only and leave no trace in the inference graph. Masking and Embedding are refused by name (the GRU operator has no per-step mask; token-id inputs are not
 exported). Opsets OPSET_MIN..OPSET_MAX are supported (each checked with onnxruntime in the tests); the IR
 version is the lowest that the opset needs.
 """
@@ -51,6 +52,11 @@ def check_opset(opset) -> int:
 
 def check_exportable(stack: StackModel) -> None:
     for spec in stack.specs:
+        for option in ("layer_norm", "zoneout"):  # dropouts act in training only: the inference graph is exact
+            value = getattr(spec, option, None)
+            if value:
+                raise GrunetError(f"layer {spec.name!r} (GRU): expected a GRU without {option} for ONNX (the ONNX "
+                                  f"GRU operator has no {option}), got {option}={value}")
         if isinstance(spec, (MaskingSpec, EmbeddingSpec)):
             kind = "Masking" if isinstance(spec, MaskingSpec) else "Embedding"
             raise GrunetError(f"layer {spec.name!r} ({kind}): expected layers the ONNX export supports (GRU, "

@@ -25,7 +25,8 @@ softmax (``output_kind`` "probabilities"), else "logits". ``predict_proba`` retu
 Config (``architecture_config()``, saved in checkpoints as kind "keras_stack"):
     {"input_shape": [T or None, I or None],
      "layers": [{"type": "gru", "name", "units", "reset_after", "recurrent_activation", "use_bias",
-                 "return_sequences", "bidirectional", "merge_mode"},
+                 "return_sequences", "bidirectional", "merge_mode", and grunet.GRU's cell options
+                 "input_dropout", "recurrent_dropout", "weight_dropout", "zoneout", "layer_norm" (absent: off)},
                 {"type": "dense", "name", "units", "activation", "use_bias"},
                 {"type": "activation", "name", "activation"}, {"type": "dropout", "name", "rate", "spatial"},
                 {"type": "flatten", "name"}, {"type": "masking", "name", "mask_value"},
@@ -44,15 +45,17 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from ..contract import NO_MASKS, PROBABILITIES, CellSpec, Masks, zoneout_keep
 from ..errors import GrunetError, expect
 from ..layers import GRU
-from ..reference import ACTIVATIONS, activation, gru_step
+from ..reference import ACTIVATIONS, activation, gru_step, masked_inputs
 
 DENSE_ACTIVATIONS = ("linear", "relu", "tanh", "sigmoid", "softmax")
 MERGE_MODES = ("concat", "sum", "mul", "ave")
 MAX_PARAMETERS = 1 << 30  # 4 GiB of float32: far above any GRU classifier, far below what would hang a machine
 MAX_LAYERS = 256
 MAX_SIZE = 1 << 24        # units, input width, vocabulary, steps: one number, each
+CELL_OPTIONS = ("layer_norm", *PROBABILITIES)
 
 
 @dataclass
@@ -65,8 +68,18 @@ class GRUSpec:
     return_sequences: bool = False
     bidirectional: bool = False
     merge_mode: str = "concat"
+    # grunet.GRU's cell options (grunet.contract); Keras has input_dropout (its `dropout`) and recurrent_dropout
+    input_dropout: float = 0.0
+    recurrent_dropout: float = 0.0
+    weight_dropout: float = 0.0
+    zoneout: float = 0.0
+    layer_norm: bool = False
 
     kind = "gru"
+
+    @property
+    def cell_options(self) -> dict:
+        return {name: getattr(self, name) for name in CELL_OPTIONS}
 
     @property
     def directions(self) -> int:
@@ -134,7 +147,9 @@ _SPECS = {cls.kind: cls for cls in (GRUSpec, DenseSpec, ActivationSpec, DropoutS
                                    EmbeddingSpec)}
 _TYPES = {"name": str, "units": int, "reset_after": bool, "recurrent_activation": str, "use_bias": bool,
           "return_sequences": bool, "bidirectional": bool, "activation": str, "merge_mode": str, "rate": float,
-          "spatial": bool, "mask_value": float, "input_dim": int, "output_dim": int, "mask_zero": bool}
+          "spatial": bool, "mask_value": float, "input_dim": int, "output_dim": int, "mask_zero": bool,
+          "input_dropout": float, "recurrent_dropout": float, "weight_dropout": float, "zoneout": float,
+          "layer_norm": bool}
 _REQUIRED = {"gru": ("units",), "dense": ("units",), "embedding": ("input_dim", "output_dim")}
 
 
@@ -184,6 +199,10 @@ def check_spec(spec: LayerSpec) -> None:
                repr(spec.merge_mode)[:80])
         expect(spec.bidirectional or spec.merge_mode == "concat", f"{where} merge_mode",
                "'concat' for a one-direction GRU", repr(spec.merge_mode))
+        try:  # the cell options, checked as grunet.GRU checks them
+            CellSpec(reset_after=spec.reset_after, **spec.cell_options)
+        except GrunetError as e:
+            raise GrunetError(f"{where} {e}") from None
     elif isinstance(spec, DenseSpec):
         _size(spec.units, f"{where} units")
         expect(spec.activation in DENSE_ACTIVATIONS, f"{where} activation", f"one of {list(DENSE_ACTIVATIONS)}",
@@ -208,6 +227,7 @@ def parameter_count(input_shape: tuple, specs: list[LayerSpec]) -> int:
         if isinstance(spec, GRUSpec):
             U = spec.units
             per_direction = 3 * U * ((width or 0) + U) + (3 * U * (2 if spec.reset_after else 1) if spec.use_bias else 0)
+            per_direction += 2 * 3 * U if spec.layer_norm else 0
             total += spec.directions * per_direction
             width = spec.width
         elif isinstance(spec, DenseSpec):
@@ -248,16 +268,21 @@ def masked_gru(layer: GRU, spec: GRUSpec, x: Tensor, mask: Tensor) -> tuple[Tens
 
     Step by step with the reference equations: a masked step keeps the state; the output there is the
     previous output, or zeros in a Bidirectional with return_sequences (Keras's zero_output_for_mask).
+    The cell options act as in grunet.GRU: masks drawn per direction in training, zoneout's mean in eval.
     """
     zero_output = spec.bidirectional and spec.return_sequences
     outputs, finals = [], []
-    B, T, _ = x.shape
+    B, T, F_ = x.shape
     for suffix in ("", "_reverse")[: spec.directions]:
         weights = layer.layer_weights(0, suffix)
+        masks = Masks.draw(layer.cell, layer.training, T, B, F_, spec.units, x) if not layer.cell.plain else NO_MASKS
+        xs, weights = masked_inputs(x.transpose(0, 1), weights, masks)  # time-major, as the masks are drawn
+        xs = xs.transpose(0, 1)
         h = x.new_zeros(B, spec.units)
         out: list[Optional[Tensor]] = [None] * T
         for t in (range(T - 1, -1, -1) if suffix else range(T)):
-            h_new = gru_step(x[:, t], h, weights, layer.cell)
+            h_new = gru_step(xs[:, t], h, weights, layer.cell, recurrent_mask=masks.recurrent,
+                             keep=zoneout_keep(layer.cell, masks, t))
             valid = mask[:, t].unsqueeze(1)
             h = torch.where(valid, h_new, h)
             out[t] = torch.where(valid, h_new, torch.zeros_like(h_new)) if zero_output else h
@@ -310,7 +335,8 @@ class StackModel(nn.Module):
             if isinstance(spec, GRUSpec):
                 self.layers.append(GRU(width, spec.units, bias=spec.use_bias, batch_first=True,
                                        bidirectional=spec.bidirectional, reset_after=spec.reset_after,
-                                       recurrent_activation=spec.recurrent_activation, impl=impl))
+                                       recurrent_activation=spec.recurrent_activation, impl=impl,
+                                       **spec.cell_options))
                 width, sequence = spec.width, spec.return_sequences
             elif isinstance(spec, DenseSpec):
                 self.layers.append(nn.Linear(width, spec.units, bias=spec.use_bias))
@@ -440,7 +466,7 @@ def as_stack(model: nn.Module) -> StackModel:
     specs: list[LayerSpec] = [
         GRUSpec(name="gru" if k == 0 else f"gru_{k}", units=cfg.hidden_size, reset_after=cfg.reset_after,
                 recurrent_activation=cfg.recurrent_activation, use_bias=rnn.bias,
-                return_sequences=k < cfg.num_layers - 1, bidirectional=cfg.bidirectional)
+                return_sequences=k < cfg.num_layers - 1, bidirectional=cfg.bidirectional, **cfg.cell_options)
         for k in range(cfg.num_layers)
     ]
     specs.append(DenseSpec(name="dense", units=cfg.num_classes, activation="linear"))

@@ -3,7 +3,8 @@
 grunet's reset-after GRU stores nn.GRU's names and shapes (weight_ih_l{k}[_reverse] (3H, I),
 weight_hh_l{k}[_reverse] (3H, H), bias_ih / bias_hh (3H,), rows r | z | n), so the tensors pass unchanged.
 nn.GRU computes only  n = tanh(W_in x + b_in + r * (W_hn h + b_hn))  with sigmoid gates: a reset-before GRU
-(r applied to h before W_hn, one bias per gate) or a hard-sigmoid one has no nn.GRU form and is refused.
+(r applied to h before W_hn, one bias per gate) or a hard-sigmoid one has no nn.GRU form and is refused, and
+so is one with layer_norm or zoneout; the dropouts act in training only and nn.GRU's outputs are the same.
 """
 from __future__ import annotations
 
@@ -30,6 +31,11 @@ def to_torch_state_dict(gru: GRU) -> "OrderedDict[str, Tensor]":
     if gru.recurrent_activation != "sigmoid":
         raise GrunetError(f"gru: expected recurrent_activation 'sigmoid', got {gru.recurrent_activation!r}: "
                           "torch.nn.GRU has sigmoid gates only")
+    # layer norm and zoneout change the outputs: nn.GRU with these weights would compute something else
+    for option, value in (("layer_norm", gru.cell.layer_norm), ("zoneout", gru.cell.zoneout)):
+        if value:
+            raise GrunetError(f"gru: expected a GRU without {option}, got {option}={value}: torch.nn.GRU has no "
+                              f"{option}")
     return OrderedDict((k, v.detach().clone()) for k, v in gru.state_dict().items())
 
 
