@@ -27,7 +27,7 @@ from torch import Tensor
 from ...contract import NO_MASKS, CellSpec, LayerWeights, Masks
 from ...reference import gru_layer as reference_layer
 from ...reference import masked_inputs
-from .build import load
+from . import build, ops
 
 __all__ = ["load", "gru_layer", "set_threads", "get_threads"]
 
@@ -53,6 +53,12 @@ def supports(cell: CellSpec) -> bool:
     return not (cell.layer_norm or cell.recurrent_dropout or cell.zoneout)
 
 
+def under_torch_func() -> bool:
+    """Whether a torch.func transform (vmap, grad, jacrev ...) is running: torch.func cannot enter a C++
+    autograd function, so the layer then runs the reference loop, the same function in plain operations."""
+    return not torch.compiler.is_compiling() and torch._C._are_functorch_transforms_active()
+
+
 def gru_layer(
     x: Tensor,
     h0: Optional[Tensor],
@@ -62,7 +68,7 @@ def gru_layer(
     lengths: Optional[Tensor] = None,
 ) -> tuple[Tensor, Tensor]:
     """One GRU layer over x (T, B, I) from h0 (B, H) -> (output (T, B, H), h_n (B, H)); see module docstring."""
-    if x.dtype not in SUPPORTED_DTYPES or not x.is_cpu or not supports(spec):
+    if x.dtype not in SUPPORTED_DTYPES or not x.is_cpu or not supports(spec) or under_torch_func():
         return reference_layer(x, h0, weights, spec, masks, lengths)
     x, weights = masked_inputs(x, weights, masks)
     w_ih, w_hh, b_ih, b_hh = weights.gru
@@ -72,14 +78,15 @@ def gru_layer(
         b_hh = None  # reset-before has one bias, passed as b_ih
     if lengths is not None:
         lengths = lengths.to(device="cpu", dtype=torch.int64)
-    ext = load()
-    chunks = ext.batch_chunks(x.shape[1], w_hh.shape[1], get_threads())
-    if torch.is_grad_enabled() and (x.requires_grad or (h0 is not None and h0.requires_grad) or w_ih.requires_grad
-                                    or w_hh.requires_grad
-                                    or (b_ih is not None and b_ih.requires_grad)
-                                    or (b_hh is not None and b_hh.requires_grad)):
-        # a C++ autograd function (gru_autograd.cpp): saves what backward needs, backward runs without Python
-        out, h_n = ext.gru_autograd(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reset_after, act, reverse, chunks)
-    else:
-        out, h_n = ext.forward(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reset_after, act, reverse, False, chunks)
-    return out, h_n
+    # the operator's Autograd kernel (gru_autograd.cpp) runs the training forward when a gradient is
+    # needed, else the inference forward that keeps no gate activations
+    # threads 0: torch's thread count when the layer runs (a compiled graph does not fix it)
+    return torch.ops.grunet.gru_layer.default(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reset_after, act, reverse,
+                                              _threads or 0)
+
+
+def load():
+    """The compiled extension (built on first use), with its operators' Python parts registered."""
+    ext = build.load()
+    ops.register(ext)
+    return ext
