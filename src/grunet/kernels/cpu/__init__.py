@@ -78,6 +78,7 @@ def gru_layer(
         b_hh = None  # reset-before has one bias, passed as b_ih
     if lengths is not None:
         lengths = lengths.to(device="cpu", dtype=torch.int64)
+    load()  # defines the operators on first use (later: two checks of a global)
     # the operator's Autograd kernel (gru_autograd.cpp) runs the training forward when a gradient is
     # needed, else the inference forward that keeps no gate activations
     # threads 0: torch's thread count when the layer runs (a compiled graph does not fix it)
