@@ -17,6 +17,8 @@ cpu = pytest.importorskip("grunet.kernels.cpu")
 VARIANTS = [True, False]  # reset_after
 # input and weight dropout: random masks that reach the compiled graph as tensors (training mode)
 OPTIONS = [{}, {"input_dropout": 0.25, "weight_dropout": 0.2}]
+# the options computed inside the recurrence (masks drawn per call, gains as parameters)
+RECURRENT_OPTIONS = {"layer_norm": True, "recurrent_dropout": 0.2, "zoneout": 0.15}
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -30,10 +32,10 @@ def built():
 class Classifier(torch.nn.Module):
     """A user's model: a stacked bidirectional grunet.GRU, batch-first, lengths, a linear head."""
 
-    def __init__(self, reset_after=True, dtype=torch.float32, **options):
+    def __init__(self, reset_after=True, dtype=torch.float32, impl="fused", **options):
         super().__init__()
         self.gru = grunet.GRU(3, 5, num_layers=2, bidirectional=True, batch_first=True, reset_after=reset_after,
-                              impl="fused", dtype=dtype, **options)
+                              impl=impl, dtype=dtype, **options)
         self.head = torch.nn.Linear(10, 4, dtype=dtype)
 
     def forward(self, x, lengths):
@@ -82,6 +84,28 @@ def test_compile_has_no_graph_break_and_gives_eager_outputs_and_gradients(reset_
     model.eval()
     with torch.no_grad():
         assert_all_close([compiled(x, lengths)], [model(x, lengths)], 1e-6)
+
+
+def test_compile_with_the_recurrent_cell_options():
+    torch.manual_seed(8)
+    model = Classifier(True, impl="auto", **RECURRENT_OPTIONS)  # the fused kernel where it computes them
+    x, lengths = inputs(seed=8)
+    explained = torch._dynamo.explain(model)(x, lengths)
+    assert explained.graph_break_count == 0, explained.break_reasons
+    compiled = torch.compile(model, backend="aot_eager", fullgraph=True)
+    assert_all_close(outputs_and_grads(compiled, x, lengths), outputs_and_grads(model, x, lengths), 1e-6)
+    program = torch.export.export(model.eval(), (x, lengths))
+    assert_all_close([program.module()(x, lengths)], [model(x, lengths)], 1e-6)
+
+
+def test_compile_follows_a_new_batch_size():
+    """A second batch size recompiles with a symbolic batch (torch's automatic dynamic shapes)."""
+    torch.manual_seed(9)
+    model = Classifier(False)
+    compiled = torch.compile(model, backend="aot_eager")
+    for B in (4, 3, 2):
+        x, lengths = torch.randn(B, 6, 3), torch.arange(B) + 1
+        assert_all_close(outputs_and_grads(compiled, x, lengths), outputs_and_grads(model, x, lengths), 1e-6)
 
 
 def test_compile_with_inductor_matches_eager():

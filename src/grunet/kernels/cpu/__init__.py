@@ -8,8 +8,13 @@ How it is fast: per step a product x_t W_ih^T, one (B,H)x(H,3H) GEMM and one
 vectorised pass over the gates (reset-before: a second GEMM for W_hn (r*h));
 backward walks time in reverse with one GEMM per step for dh (two for reset-before), and computes dx,
 dW_ih, dW_hh and the bias gradients with a few big products after the loop. Threads split the batch.
-The autograd function is C++ (gru_autograd.cpp), so the backward runs without entering Python. An output
-that gets no gradient (a classifier reads only h_n) reaches the backward undefined, not as zeros.
+The layer is the PyTorch operator torch.ops.grunet.gru_layer (gru_ops.cpp; fake implementations in ops.py),
+so torch.compile traces it without a graph break and torch.export, torch.jit.trace and the TorchScript ONNX
+exporter (as the ONNX GRU operator) keep it. Its Autograd kernel is a C++ autograd function
+(gru_autograd.cpp), so the backward runs without entering Python; create_graph=True recomputes the
+gradients with the reference loop, and under torch.func transforms (vmap, jacrev ...) the layer is the
+reference loop. An output that gets no gradient (a classifier reads only h_n) reaches the backward
+undefined, not as zeros.
 
 With grad disabled, or when no input requires grad, the forward keeps no gate activations.
 NaN and +-inf propagate as in torch.nn.GRU (values and gradients); with lengths a padded step takes no
