@@ -260,3 +260,15 @@ def test_onnx_export_writes_the_gru_operator_and_matches_onnxruntime(reset_after
     (got,) = session.run(None, {"x": x2.numpy(), "lengths": lengths2.numpy()})
     with torch.no_grad():
         assert_all_close([torch.from_numpy(got)], [model(x2, lengths2)], 1e-5)
+
+
+@pytest.mark.parametrize("reset_after", VARIANTS)
+def test_onnx_export_with_an_initial_state_and_no_bias(reset_after):
+    torch.manual_seed(8)
+    model = grunet.GRU(3, 4, reset_after=reset_after, bias=False, bidirectional=True, impl="fused").eval()
+    x, h0 = torch.randn(5, 2, 3), torch.randn(2, 2, 4)
+    _, session = onnx_session(model, (x, h0), input_names=["x", "h0"])
+    x2, h2 = torch.randn(5, 2, 3), torch.randn(2, 2, 4)
+    got = session.run(None, {"x": x2.numpy(), "h0": h2.numpy()})
+    with torch.no_grad():
+        assert_all_close([torch.from_numpy(g) for g in got], list(model(x2, h2)), 1e-5)
