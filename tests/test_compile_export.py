@@ -137,6 +137,16 @@ def test_export_gives_a_program_that_runs_and_matches(reset_after, training, tmp
         assert_all_close([torch.export.load(path).module()(x2, lengths2)], [expected], 1e-6)
 
 
+def test_export_with_a_dynamic_batch_and_length():
+    torch.manual_seed(4)
+    model = Classifier(True)
+    x, lengths = inputs(seed=4)
+    batch, time = torch.export.Dim("batch", min=2, max=1024), torch.export.Dim("time", min=2, max=4096)
+    program = torch.export.export(model, (x, lengths), dynamic_shapes=({0: batch, 1: time}, {0: batch}))
+    x2, lengths2 = torch.randn(7, 9, 3), torch.randint(1, 10, (7,), generator=torch.Generator().manual_seed(4))
+    assert_all_close(outputs_and_grads(program.module(), x2, lengths2), outputs_and_grads(model, x2, lengths2), 1e-6)
+
+
 # ----------------------------------------------------------------------------------------------------
 # torch.func and batched gradients (float64, small shapes)
 def layer_tensors(reset_after, seed=4, T=3, B=2, I=2, H=3):
