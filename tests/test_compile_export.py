@@ -108,6 +108,18 @@ def test_compile_follows_a_new_batch_size():
         assert_all_close(outputs_and_grads(compiled, x, lengths), outputs_and_grads(model, x, lengths), 1e-6)
 
 
+def test_compiled_model_checks_lengths_in_the_graph():
+    """While tracing, lengths have no values to check: the graph checks them when it runs."""
+    model = Classifier(True)
+    compiled = torch.compile(model, backend="aot_eager", fullgraph=True)
+    x, lengths = inputs()
+    compiled(x, lengths)
+    with pytest.raises(RuntimeError, match=r"lengths: expected values in \[1, 6\]"):
+        compiled(x, torch.tensor([6, 7, 1, 1]))
+    with pytest.raises(RuntimeError, match=r"lengths: expected values in \[1, 6\]"):
+        compiled(x, torch.tensor([6, 0, 1, 1]))
+
+
 def test_compile_with_inductor_matches_eager():
     torch.manual_seed(1)
     model = Classifier(True)

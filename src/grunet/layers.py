@@ -34,14 +34,6 @@ INTEGER_DTYPES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64
 
 # ----------------------------------------------------------------------------------------------------
 # constructor arguments: checked for type as torch.nn.GRU does, or stricter, each with one line
-def script_refused(kind: str) -> GrunetError:
-    """torch.jit.script asks each module to prepare itself (__prepare_scriptable__) before compiling it; a
-    grunet layer refuses there in one line, since TorchScript cannot compile its Python dispatch."""
-    return GrunetError(f"torch.jit.script: expected torch.export.export(model, (x,)) (or torch.compile, or "
-                       f"torch.jit.trace) for a model holding {kind}, got torch.jit.script of it (TorchScript "
-                       f"cannot compile grunet's layers)")
-
-
 def show(value, limit: int = 60) -> str:
     """repr(value) on one line and at most ``limit`` characters (a tensor's repr spans lines)."""
     text = " ".join(repr(value).split())
@@ -120,6 +112,14 @@ def init_rnn_weights(module: nn.Module, hidden_size: int, init: str) -> None:
                 nn.init.orthogonal_(p)
             else:
                 nn.init.zeros_(p)
+
+
+def script_refused(kind: str) -> GrunetError:
+    """torch.jit.script asks each module to prepare itself (__prepare_scriptable__) before compiling it; a
+    grunet layer refuses there in one line, since TorchScript cannot compile its Python dispatch."""
+    return GrunetError(f"torch.jit.script: expected torch.export.export(model, (x,)) (or torch.compile, or "
+                       f"torch.jit.trace) for a model holding {kind}, got torch.jit.script of it (TorchScript "
+                       f"cannot compile grunet's layers)")
 
 
 class GRU(nn.Module):
