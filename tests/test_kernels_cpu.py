@@ -201,12 +201,19 @@ def test_gradients_of_a_subset_of_inputs(reset_after, frozen, h0_given):
             assert_close(a, b, 1e-10, NAMES[2 + i])
 
 
-def test_double_backward_is_refused_with_a_clear_error():
+def test_double_backward_runs_the_reference_loop():
+    """create_graph=True: the fused backward hands over to grunet::gru_layer_double_backward (the reference
+    loop in autograd), so second derivatives are the reference's."""
     tensors, upstream = layer_inputs(3, 2, 2, 3, torch.float64, True, True, seed=1)
-    leaves = [t.clone().requires_grad_() for t in tensors]
-    out, h_n = fused_layer(*leaves, reset_after=True, activation_name="sigmoid", lengths=None, reverse=False)
-    with pytest.raises(RuntimeError, match="not itself differentiable"):
-        torch.autograd.grad(h_n.sum(), leaves[2], create_graph=True)
+
+    def second(layer):
+        leaves = [t.clone().requires_grad_() for t in tensors]
+        out, h_n = layer(*leaves, reset_after=True, activation_name="sigmoid", lengths=None, reverse=False)
+        (g,) = torch.autograd.grad(h_n.sum(), leaves[2], create_graph=True)
+        return torch.autograd.grad(g.square().sum(), leaves)
+
+    for a, b in zip(second(fused_layer), second(reference_layer)):
+        assert_close(a, b, 1e-10, "second derivative")
 
 
 POISON_SCRIPT = """
@@ -322,23 +329,21 @@ def test_reference_impl_does_not_use_the_kernel(spy):
 
 
 @pytest.fixture
-def ext_spy(monkeypatch, built):
-    """Records, per call into the extension, whether it was the training forward: gru_autograd (keeps the
-    gates for its backward) or forward with its `training` flag."""
+def ext_spy():
+    """Records, per call of the kernel's operators below autograd, whether it was the training forward
+    (grunet::gru_layer_train, which keeps the gates for its backward) or the inference one (gru_layer)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
     flags = []
-    real_forward, real_autograd = built.forward, built.gru_autograd
 
-    def forward(*args):
-        flags.append(args[10])
-        return real_forward(*args)
+    class Spy(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func in (torch.ops.grunet.gru_layer_train.default, torch.ops.grunet.gru_layer.default):
+                flags.append(func is torch.ops.grunet.gru_layer_train.default)
+            return func(*args, **(kwargs or {}))
 
-    def autograd(*args):
-        flags.append(True)
-        return real_autograd(*args)
-
-    monkeypatch.setattr(built, "forward", forward)
-    monkeypatch.setattr(built, "gru_autograd", autograd)
-    return flags
+    with Spy():
+        yield flags
 
 
 @pytest.mark.parametrize("reset_after", [True, False])

@@ -31,7 +31,7 @@ The cell options (reset-after form unless said; x: input, h: previous state, h~:
 """
 from __future__ import annotations
 
-import dataclasses
+import copy
 import math
 from dataclasses import dataclass
 from typing import Optional
@@ -76,8 +76,15 @@ class CellSpec:
             raise GrunetError("layer_norm: expected reset_after=True (the layer-normalised GRU normalises W_hh h, "
                               "which the reset-before form never forms), got reset_after=False")
 
+        # the same call in the other direction, made once here: torch.compile traces direction() on every
+        # forward, and a construction (with its checks) would break its graph
+        flipped = copy.copy(self)
+        object.__setattr__(flipped, "reverse", not self.reverse)
+        object.__setattr__(flipped, "_flipped", self)
+        object.__setattr__(self, "_flipped", flipped)
+
     def direction(self, reverse: bool) -> "CellSpec":
-        return self if reverse == self.reverse else dataclasses.replace(self, reverse=reverse)
+        return self if reverse == self.reverse else self._flipped
 
     @property
     def plain(self) -> bool:

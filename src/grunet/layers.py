@@ -114,6 +114,14 @@ def init_rnn_weights(module: nn.Module, hidden_size: int, init: str) -> None:
                 nn.init.zeros_(p)
 
 
+def script_refused(kind: str) -> GrunetError:
+    """torch.jit.script asks each module to prepare itself (__prepare_scriptable__) before compiling it; a
+    grunet layer refuses there in one line, since TorchScript cannot compile its Python dispatch."""
+    return GrunetError(f"torch.jit.script: expected torch.export.export(model, (x,)) (or torch.compile, or "
+                       f"torch.jit.trace) for a model holding {kind}, got torch.jit.script of it (TorchScript "
+                       f"cannot compile grunet's layers)")
+
+
 class GRU(nn.Module):
     r"""A multi-layer GRU over a sequence: a drop-in for ``torch.nn.GRU`` that also runs the original Keras GRU.
 
@@ -308,6 +316,9 @@ class GRU(nn.Module):
         return LayerWeights(*(None if n is None else (params[n] if n in params else getattr(self, n))
                               for n in self.layer_weight_names(k, suffix)))
 
+    def __prepare_scriptable__(self):
+        raise script_refused("grunet.GRU")
+
     def extra_repr(self) -> str:
         s = f"{self.input_size}, {self.hidden_size}"
         if self.num_layers != 1:
@@ -403,7 +414,10 @@ class GRU(nn.Module):
                 raise GrunetError(f"lengths: expected integer values, got {lengths.dtype}")
             expect(lengths.dim() == 1 and lengths.shape[0] == B, "lengths", f"a 1-D tensor of {B} lengths (one per sequence)",
                    f"shape {tuple(lengths.shape)}")
-            if B:
+            if B and torch.compiler.is_compiling():  # values are unknown while tracing: the graph checks them
+                torch._assert_async(((lengths >= 1) & (lengths <= T)).all(),
+                                    f"lengths: expected values in [1, {T}] (the sequence length)")
+            elif B:
                 lo, hi = int(lengths.min()), int(lengths.max())
                 expect(lo >= 1 and hi <= T, "lengths", f"values in [1, {T}] (the sequence length)", f"min {lo}, max {hi}")
             lengths = lengths.to(device=x.device, dtype=torch.int64)
@@ -509,6 +523,9 @@ class GRUCell(nn.Module):
 
     def reset_parameters(self, init: Optional[str] = None) -> None:
         init_rnn_weights(self, self.hidden_size, init or self.init)
+
+    def __prepare_scriptable__(self):
+        raise script_refused("grunet.GRUCell")
 
     def extra_repr(self) -> str:
         s = f"{self.input_size}, {self.hidden_size}"

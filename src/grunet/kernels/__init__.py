@@ -10,7 +10,7 @@ impl="fused":     the compiled kernel for the input's device and dtype; raises G
 impl="auto":      the fused kernel when it is available for the input, else the reference, with one warning
                   when a kernel exists for the device but could not be built or loaded (a dtype the
                   kernel does not run, such as float16, goes to the reference without a word).
-Kernels are imported lazily so that importing grunet needs neither a compiler nor CUDA.
+Kernels are built lazily (on first use) so that importing grunet needs neither a compiler nor CUDA.
 """
 from __future__ import annotations
 
@@ -100,3 +100,9 @@ def layer_function(impl: str, x: Tensor, cell: CellSpec = CellSpec()) -> Callabl
             _warned.add(x.device.type)
             warnings.warn(f"grunet: fused GRU kernel unavailable ({e}); using the reference loop", stacklevel=3)
         return gru_layer
+
+
+# The kernels' Python modules are imported now rather than at the first forward, which torch.compile may be
+# tracing (it cannot trace an import). Importing one builds nothing: its load() does, on first use.
+for _device_type in _FUSED_MODULES:
+    kernel_module(_device_type)

@@ -8,8 +8,13 @@ How it is fast: per step a product x_t W_ih^T, one (B,H)x(H,3H) GEMM and one
 vectorised pass over the gates (reset-before: a second GEMM for W_hn (r*h));
 backward walks time in reverse with one GEMM per step for dh (two for reset-before), and computes dx,
 dW_ih, dW_hh and the bias gradients with a few big products after the loop. Threads split the batch.
-The autograd function is C++ (gru_autograd.cpp), so the backward runs without entering Python. An output
-that gets no gradient (a classifier reads only h_n) reaches the backward undefined, not as zeros.
+The layer is the PyTorch operator torch.ops.grunet.gru_layer (gru_ops.cpp; fake implementations in ops.py),
+so torch.compile traces it without a graph break and torch.export, torch.jit.trace and the TorchScript ONNX
+exporter (as the ONNX GRU operator) keep it. Its Autograd kernel is a C++ autograd function
+(gru_autograd.cpp), so the backward runs without entering Python; create_graph=True recomputes the
+gradients with the reference loop, and under torch.func transforms (vmap, jacrev ...) the layer is the
+reference loop. An output that gets no gradient (a classifier reads only h_n) reaches the backward
+undefined, not as zeros.
 
 With grad disabled, or when no input requires grad, the forward keeps no gate activations.
 NaN and +-inf propagate as in torch.nn.GRU (values and gradients); with lengths a padded step takes no
@@ -27,7 +32,7 @@ from torch import Tensor
 from ...contract import NO_MASKS, CellSpec, LayerWeights, Masks
 from ...reference import gru_layer as reference_layer
 from ...reference import masked_inputs
-from .build import load
+from . import build, ops
 
 __all__ = ["load", "gru_layer", "set_threads", "get_threads"]
 
@@ -53,6 +58,12 @@ def supports(cell: CellSpec) -> bool:
     return not (cell.layer_norm or cell.recurrent_dropout or cell.zoneout)
 
 
+def under_torch_func() -> bool:
+    """Whether a torch.func transform (vmap, grad, jacrev ...) is running: torch.func cannot enter a C++
+    autograd function, so the layer then runs the reference loop, the same function in plain operations."""
+    return not torch.compiler.is_compiling() and torch._C._are_functorch_transforms_active()
+
+
 def gru_layer(
     x: Tensor,
     h0: Optional[Tensor],
@@ -62,7 +73,7 @@ def gru_layer(
     lengths: Optional[Tensor] = None,
 ) -> tuple[Tensor, Tensor]:
     """One GRU layer over x (T, B, I) from h0 (B, H) -> (output (T, B, H), h_n (B, H)); see module docstring."""
-    if x.dtype not in SUPPORTED_DTYPES or not x.is_cpu or not supports(spec):
+    if x.dtype not in SUPPORTED_DTYPES or not x.is_cpu or not supports(spec) or under_torch_func():
         return reference_layer(x, h0, weights, spec, masks, lengths)
     x, weights = masked_inputs(x, weights, masks)
     w_ih, w_hh, b_ih, b_hh = weights.gru
@@ -72,14 +83,17 @@ def gru_layer(
         b_hh = None  # reset-before has one bias, passed as b_ih
     if lengths is not None:
         lengths = lengths.to(device="cpu", dtype=torch.int64)
-    ext = load()
-    chunks = ext.batch_chunks(x.shape[1], w_hh.shape[1], get_threads())
-    if torch.is_grad_enabled() and (x.requires_grad or (h0 is not None and h0.requires_grad) or w_ih.requires_grad
-                                    or w_hh.requires_grad
-                                    or (b_ih is not None and b_ih.requires_grad)
-                                    or (b_hh is not None and b_hh.requires_grad)):
-        # a C++ autograd function (gru_autograd.cpp): saves what backward needs, backward runs without Python
-        out, h_n = ext.gru_autograd(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reset_after, act, reverse, chunks)
-    else:
-        out, h_n = ext.forward(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reset_after, act, reverse, False, chunks)
-    return out, h_n
+    ext = load()  # defines the operators on first use (later: two checks of a global)
+    # the operator grunet::gru_layer: its Autograd kernel (gru_autograd.cpp) runs the training forward when
+    # a gradient is needed, else the inference forward that keeps no gate activations. Eager calls go
+    # through the extension's binding of it (~3 us less per call); torch.compile traces torch.ops.
+    layer = torch.ops.grunet.gru_layer.default if torch.compiler.is_compiling() else ext.gru_layer
+    # threads 0: torch's thread count when the layer runs (a compiled graph does not fix it)
+    return layer(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reset_after, act, reverse, _threads or 0)
+
+
+def load():
+    """The compiled extension (built on first use), with its operators' Python parts registered."""
+    ext = build.load()
+    ops.register(ext)
+    return ext

@@ -29,7 +29,7 @@ from typing import Optional
 from .. import KernelUnavailable
 
 HERE = Path(__file__).resolve().parent
-SOURCES = ("bindings.cpp", "gru_forward.cpp", "gru_backward.cpp", "gru_autograd.cpp")
+SOURCES = ("bindings.cpp", "gru_forward.cpp", "gru_backward.cpp", "gru_autograd.cpp", "gru_ops.cpp")
 HEADERS = ("gru_cpu.h", "small_gemm.h")
 # no -ffast-math: it lets the compiler assume finite values, and NaN or inf then vanish from the results
 # (torch.nn.GRU propagates them). Contraction into FMA is kept (it changes rounding only), and errno and
