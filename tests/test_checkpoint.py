@@ -1,7 +1,5 @@
 """grunet.checkpoint: opening a file never runs code, reading is bounded and checked, version 1 migrates."""
 import builtins
-import errno
-import io
 import json
 import random
 import shutil

@@ -7,10 +7,10 @@ import io
 
 import pytest
 import torch
+from conftest import fused_kernel_or_skip
 
 import grunet
 from grunet.errors import GrunetError
-from grunet.kernels import KernelUnavailable
 
 cpu = pytest.importorskip("grunet.kernels.cpu")
 
@@ -23,10 +23,7 @@ RECURRENT_OPTIONS = {"layer_norm": True, "recurrent_dropout": 0.2, "zoneout": 0.
 
 @pytest.fixture(scope="module", autouse=True)
 def built():
-    try:
-        return cpu.load()
-    except KernelUnavailable as e:  # pragma: no cover - depends on the machine
-        pytest.skip(f"fused CPU kernel unavailable: {e}")
+    return fused_kernel_or_skip()
 
 
 class Classifier(torch.nn.Module):

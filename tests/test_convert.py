@@ -22,6 +22,7 @@ from grunet.convert import (DenseSpec, GRUSpec, StackModel, as_stack, export_onn
                             to_keras, to_keras_h5, to_torch_state_dict)
 from grunet.errors import GrunetError
 from grunet.model import ModelConfig, SequenceClassifier
+from conftest import rewrite_keras_config
 
 FIX = Path(__file__).parent / "fixtures" / "keras"
 KERAS3 = ["reset_after", "reset_before", "hard_sigmoid", "bidirectional", "tutorial", "stacked"]
@@ -281,17 +282,6 @@ def test_cli_export(tmp_path, capsys):
 
 # ------------------------------------------------------------------------------------------------------
 # bad input: one GrunetError naming the thing; the CLI exits 2 with one line
-def _rewrite_config(src, dst, edit):
-    with zipfile.ZipFile(src) as zf:
-        members = {n: zf.read(n) for n in zf.namelist()}
-    config = json.loads(members["config.json"])
-    edit(config)
-    members["config.json"] = json.dumps(config).encode()
-    with zipfile.ZipFile(dst, "w") as zf:
-        for n, data in members.items():
-            zf.writestr(n, data)
-
-
 def _bad_files(tmp):
     (tmp / "text.keras").write_text("not a model\n")
     data = (FIX / "reset_after.keras").read_bytes()
@@ -303,12 +293,12 @@ def _bad_files(tmp):
     def wider(config):
         config["config"]["layers"][1]["config"]["units"] = 6
 
-    _rewrite_config(FIX / "reset_after.keras", tmp / "mismatch.keras", wider)
+    rewrite_keras_config(FIX / "reset_after.keras", tmp / "mismatch.keras", wider)
 
     def reset_before(config):
         config["config"]["layers"][1]["config"]["reset_after"] = False
 
-    _rewrite_config(FIX / "reset_after.keras", tmp / "variant.keras", reset_before)
+    rewrite_keras_config(FIX / "reset_after.keras", tmp / "variant.keras", reset_before)
 
 
 BAD = [

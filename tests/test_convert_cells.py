@@ -19,6 +19,7 @@ from grunet.convert import (DenseSpec, GRUSpec, MaskingSpec, StackModel, as_stac
                             to_keras, to_keras_h5, to_torch_state_dict)
 from grunet.errors import GrunetError
 from grunet.model import ModelConfig, SequenceClassifier
+from conftest import rewrite_keras_config
 
 FIX = Path(__file__).parent / "fixtures" / "keras"
 TOL = 1e-5
@@ -35,17 +36,6 @@ def seeded(model, seed=0):
 def run(model, x):
     with torch.no_grad():
         return model(torch.as_tensor(x)).numpy()
-
-
-def rewrite_keras3(src, dst, edit):
-    with zipfile.ZipFile(src) as zf:
-        members = {n: zf.read(n) for n in zf.namelist()}
-    config = json.loads(members["config.json"])
-    edit(config)
-    members["config.json"] = json.dumps(config).encode()
-    with zipfile.ZipFile(dst, "w") as zf:
-        for n, data in members.items():
-            zf.writestr(n, data)
 
 
 def gru_configs(config):
@@ -73,7 +63,7 @@ def with_rates(dropout, recurrent_dropout):
 # Keras in
 @pytest.mark.parametrize("name", ["tutorial", "bidirectional", "stacked"])
 def test_keras3_dropout_settings_become_cell_options(tmp_path, name):
-    rewrite_keras3(FIX / f"{name}.keras", tmp_path / "m.keras", with_rates(0.2, 0.3))
+    rewrite_keras_config(FIX / f"{name}.keras", tmp_path / "m.keras", with_rates(0.2, 0.3))
     model = from_keras(tmp_path / "m.keras", impl="reference")
     grus = [(s, layer) for s, layer in zip(model.specs, model.layers) if isinstance(s, GRUSpec)]
     assert grus
@@ -111,7 +101,7 @@ def test_bad_keras_dropout_settings_one_line(tmp_path, capsys, key, value, messa
     def edit(config):
         gru_configs(config)[0][key] = value
 
-    rewrite_keras3(FIX / "reset_after.keras", tmp_path / "bad.keras", edit)
+    rewrite_keras_config(FIX / "reset_after.keras", tmp_path / "bad.keras", edit)
     with pytest.raises(GrunetError) as e:
         from_keras(tmp_path / "bad.keras")
     assert message in str(e.value) and "layer 'gru' (GRU)" in str(e.value)

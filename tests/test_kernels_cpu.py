@@ -18,7 +18,7 @@ from grunet.errors import GrunetError
 from grunet.kernels import KernelUnavailable
 from grunet import reference
 
-from conftest import positional
+from conftest import fused_kernel_or_skip, positional
 
 cpu = pytest.importorskip("grunet.kernels.cpu")
 reference_layer = positional(reference.gru_layer)
@@ -30,11 +30,7 @@ ACTIVATIONS = ["sigmoid", "hard_sigmoid_keras2", "hard_sigmoid_keras3"]
 
 @pytest.fixture(scope="module", autouse=True)
 def built():
-    """Build (or load the cached) extension once; without a compiler these tests cannot run."""
-    try:
-        return cpu.load()
-    except KernelUnavailable as e:  # pragma: no cover - depends on the machine
-        pytest.skip(f"fused CPU kernel unavailable: {e}")
+    return fused_kernel_or_skip()
 
 
 def assert_close(a, b, tol, what):
