@@ -48,7 +48,7 @@ from torch import Tensor, nn
 from ..contract import NO_MASKS, PROBABILITIES, CellSpec, Masks, zoneout_keep
 from ..errors import GrunetError, expect
 from ..layers import GRU
-from ..reference import ACTIVATIONS, activation, gru_step, masked_inputs
+from ..reference import ACTIVATIONS, gru_step, masked_inputs
 
 DENSE_ACTIVATIONS = ("linear", "relu", "tanh", "sigmoid", "softmax")
 MERGE_MODES = ("concat", "sum", "mul", "ave")

@@ -24,7 +24,6 @@ scripts/make_mnist_sample.py), 4,000 train (400 a class, shuffled) and 1,000 tes
 """
 from __future__ import annotations
 
-import hashlib
 import importlib.resources
 import os
 from dataclasses import dataclass, field
