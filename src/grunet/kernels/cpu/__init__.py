@@ -48,9 +48,32 @@ def get_threads() -> int:
 
 
 def supports(cell: CellSpec) -> bool:
-    """Whether the kernel computes ``cell`` itself (input and weight dropout are applied before it, as in
-    every implementation: grunet.reference.masked_inputs)."""
-    return not (cell.layer_norm or cell.recurrent_dropout or cell.zoneout)
+    """Whether the kernel computes ``cell`` itself: every CellSpec (input and weight dropout are applied before
+    it, as in every implementation: grunet.reference.masked_inputs)."""
+    return isinstance(cell, CellSpec)
+
+
+def call_arguments(ext, x: Tensor, h0: Optional[Tensor], weights: LayerWeights, spec: CellSpec, masks: Masks,
+                   lengths: Optional[Tensor]):
+    """The kernel's (LayerTensors, LayerCall) for one layer call: the one place the C++ contract (gru_cpu.h)
+    is filled, field by field from grunet.contract's."""
+    tensors = ext.LayerTensors()
+    tensors.x, tensors.h0, tensors.w_ih, tensors.w_hh = x, h0, weights.w_ih, weights.w_hh
+    tensors.b_ih = weights.b_ih
+    tensors.b_hh = weights.b_hh if spec.reset_after else None  # reset-before has one bias, b_ih
+    if spec.layer_norm:
+        tensors.g_ih, tensors.g_hh = weights.g_ih, weights.g_hh
+    cell = ext.CellOptions()
+    cell.reset_after, cell.activation, cell.reverse = spec.reset_after, ACTIVATION_CODES[spec.activation], spec.reverse
+    cell.layer_norm, cell.zoneout = spec.layer_norm, float(spec.zoneout)
+    call = ext.LayerCall()
+    call.cell = cell
+    call_masks = ext.LayerMasks()
+    call_masks.recurrent, call_masks.zoneout = masks.recurrent, masks.zoneout
+    call.masks = call_masks
+    call.lengths = None if lengths is None else lengths.to(device="cpu", dtype=torch.int64)
+    call.chunks = ext.batch_chunks(x.shape[1], weights.w_hh.shape[1], get_threads())
+    return tensors, call
 
 
 def gru_layer(
@@ -65,21 +88,12 @@ def gru_layer(
     if x.dtype not in SUPPORTED_DTYPES or not x.is_cpu or not supports(spec):
         return reference_layer(x, h0, weights, spec, masks, lengths)
     x, weights = masked_inputs(x, weights, masks)
-    w_ih, w_hh, b_ih, b_hh = weights.gru
-    act = ACTIVATION_CODES[spec.activation]
-    reset_after, reverse = spec.reset_after, spec.reverse
-    if not reset_after:
-        b_hh = None  # reset-before has one bias, passed as b_ih
-    if lengths is not None:
-        lengths = lengths.to(device="cpu", dtype=torch.int64)
     ext = load()
-    chunks = ext.batch_chunks(x.shape[1], w_hh.shape[1], get_threads())
-    if torch.is_grad_enabled() and (x.requires_grad or (h0 is not None and h0.requires_grad) or w_ih.requires_grad
-                                    or w_hh.requires_grad
-                                    or (b_ih is not None and b_ih.requires_grad)
-                                    or (b_hh is not None and b_hh.requires_grad)):
+    tensors, call = call_arguments(ext, x, h0, weights, spec, masks, lengths)
+    differentiable = (x, h0, tensors.w_ih, tensors.w_hh, tensors.b_ih, tensors.b_hh, tensors.g_ih, tensors.g_hh)
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in differentiable):
         # a C++ autograd function (gru_autograd.cpp): saves what backward needs, backward runs without Python
-        out, h_n = ext.gru_autograd(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reset_after, act, reverse, chunks)
+        out, h_n = ext.gru_autograd(tensors, call)
     else:
-        out, h_n = ext.forward(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reset_after, act, reverse, False, chunks)
+        out, h_n = ext.forward(tensors, call, False)
     return out, h_n

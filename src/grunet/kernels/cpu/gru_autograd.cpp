@@ -9,30 +9,59 @@
 namespace grunet {
 namespace {
 
-// The arguments that are not tensors autograd should track (lengths is an integer tensor).
-struct LayerOptions {
-  c10::optional<at::Tensor> lengths;
-  bool reset_after;
-  int64_t activation;
-  bool reverse;
-  int64_t chunks;
-};
+// The call's options and masks by name in the context (saved_data holds IValues), for the backward.
+c10::IValue optional_ivalue(const c10::optional<at::Tensor>& t) { return t.has_value() ? c10::IValue(*t) : c10::IValue(); }
+c10::optional<at::Tensor> optional_tensor(const c10::IValue& v) {
+  return v.isNone() ? c10::nullopt : c10::optional<at::Tensor>(v.toTensor());
+}
+
+void save_call(torch::autograd::AutogradContext* ctx, const LayerCall& call) {
+  auto& d = ctx->saved_data;
+  d["reset_after"] = call.cell.reset_after;
+  d["activation"] = call.cell.activation;
+  d["reverse"] = call.cell.reverse;
+  d["layer_norm"] = call.cell.layer_norm;
+  d["zoneout"] = call.cell.zoneout;
+  d["recurrent_mask"] = optional_ivalue(call.masks.recurrent);
+  d["zoneout_mask"] = optional_ivalue(call.masks.zoneout);
+  d["lengths"] = optional_ivalue(call.lengths);
+  d["chunks"] = call.chunks;
+}
+
+LayerCall load_call(torch::autograd::AutogradContext* ctx) {
+  auto& d = ctx->saved_data;
+  LayerCall call;
+  call.cell.reset_after = d["reset_after"].toBool();
+  call.cell.activation = d["activation"].toInt();
+  call.cell.reverse = d["reverse"].toBool();
+  call.cell.layer_norm = d["layer_norm"].toBool();
+  call.cell.zoneout = d["zoneout"].toDouble();
+  call.masks.recurrent = optional_tensor(d["recurrent_mask"]);
+  call.masks.zoneout = optional_tensor(d["zoneout_mask"]);
+  call.lengths = optional_tensor(d["lengths"]);
+  call.chunks = d["chunks"].toInt();
+  return call;
+}
 
 struct FusedGRUFunction : public torch::autograd::Function<FusedGRUFunction> {
   static torch::autograd::variable_list forward(torch::autograd::AutogradContext* ctx, const at::Tensor& x,
                                                 const c10::optional<at::Tensor>& h0, const at::Tensor& w_ih,
                                                 const at::Tensor& w_hh,
                                                 const c10::optional<at::Tensor>& b_ih,
-                                                const c10::optional<at::Tensor>& b_hh, const LayerOptions& o) {
-    auto r = gru_forward(x, h0, w_ih, w_hh, b_ih, b_hh, o.lengths, o.reset_after, o.activation, o.reverse, true,
-                         o.chunks);
-    // r = out, h_n, xs, gates, aux, hprev
-    ctx->save_for_backward({w_ih, w_hh, r[2], r[3], r[4], r[5]});
-    ctx->saved_data["lengths"] = o.lengths.has_value() ? c10::IValue(*o.lengths) : c10::IValue();
-    ctx->saved_data["config"] = std::vector<int64_t>{o.reset_after, o.activation, o.reverse, b_ih.has_value(),
-                                                     b_hh.has_value(), o.chunks, x.size(0), h0.has_value()};
+                                                const c10::optional<at::Tensor>& b_hh,
+                                                const c10::optional<at::Tensor>& g_ih,
+                                                const c10::optional<at::Tensor>& g_hh, const LayerCall& call) {
+    auto r = gru_forward(LayerTensors{x, h0, w_ih, w_hh, b_ih, b_hh, g_ih, g_hh}, call, true);
+    auto saved = r.saved.list();
+    saved.insert(saved.begin(), {w_ih, w_hh, g_ih.value_or(at::Tensor()), g_hh.value_or(at::Tensor())});
+    ctx->save_for_backward(saved);
+    save_call(ctx, call);
+    ctx->saved_data["T"] = x.size(0);
+    ctx->saved_data["has_h0"] = h0.has_value();
+    ctx->saved_data["has_b_ih"] = b_ih.has_value();
+    ctx->saved_data["has_b_hh"] = b_hh.has_value();
     ctx->set_materialize_grads(false);  // an unused output (a classifier reads only h_n) costs no zeros
-    return {r[0], r[1]};
+    return {r.out, r.h_n};
   }
 
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
@@ -40,42 +69,47 @@ struct FusedGRUFunction : public torch::autograd::Function<FusedGRUFunction> {
     TORCH_CHECK(!at::GradMode::is_enabled(),
                 "grunet: the fused CPU kernel's backward is not itself differentiable (create_graph=True); use "
                 "impl='reference' for higher-order gradients");
-    torch::autograd::variable_list none(7);  // one per forward argument
+    torch::autograd::variable_list none(9);  // one per forward argument
     const auto& dout = grads[0];
     const auto& dh_n = grads[1];
     if (!dout.defined() && !dh_n.defined()) return none;  // no gradient reached either output
-    const auto saved = ctx->get_saved_variables();
-    const auto cfg = ctx->saved_data["config"].toIntVector();
-    const bool reset_after = cfg[0], reverse = cfg[2], has_b_ih = cfg[3], has_b_hh = cfg[4], has_h0 = cfg[7];
-    const auto len_iv = ctx->saved_data["lengths"];
-    const c10::optional<at::Tensor> lengths = len_iv.isNone() ? c10::nullopt : c10::optional<at::Tensor>(len_iv.toTensor());
-    // autograd's output edges: x, h0 when given, w_ih, w_hh, then the biases that were given
+    auto saved = ctx->get_saved_variables();
+    const LayerCall call = load_call(ctx);
+    auto& d = ctx->saved_data;
+    const bool has_h0 = d["has_h0"].toBool(), has_b_ih = d["has_b_ih"].toBool(), has_b_hh = d["has_b_hh"].toBool();
+    const bool has_g = call.cell.layer_norm;
+    // autograd's output edges: x, h0 when given, w_ih, w_hh, then the biases and gains that were given
     const size_t i_wih = has_h0 ? 2 : 1, i_bih = i_wih + 2, i_bhh = i_bih + (has_b_ih ? 1 : 0);
-    const bool need_dh0 = has_h0 && ctx->needs_input_grad(1);
-    const bool need_weights = ctx->needs_input_grad(i_wih) || ctx->needs_input_grad(i_wih + 1) ||
-                              (has_b_ih && ctx->needs_input_grad(i_bih)) || (has_b_hh && ctx->needs_input_grad(i_bhh));
-    auto g = gru_backward(dout.defined() ? c10::optional<at::Tensor>(dout) : c10::nullopt,
-                          dh_n.defined() ? c10::optional<at::Tensor>(dh_n) : c10::nullopt, saved[0], saved[1],
-                          saved[2], saved[3], saved[4], saved[5], lengths, reset_after, cfg[1], reverse, has_b_ih,
-                          has_b_hh, ctx->needs_input_grad(0), need_dh0, need_weights, cfg[5], cfg[6]);
-    // g = dx, dh0, dw_ih, dw_hh, db_ih, db_hh
-    torch::autograd::variable_list out = {g[0], g[1], need_weights ? g[2] : at::Tensor(),
-                                          need_weights ? g[3] : at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
-    if (has_b_ih && ctx->needs_input_grad(i_bih)) out[4] = g[4];
-    if (has_b_hh && ctx->needs_input_grad(i_bhh)) out[5] = g[5];
+    const size_t i_gih = i_bhh + (has_b_hh ? 1 : 0), i_ghh = i_gih + 1;
+    auto needs = [&](bool given, size_t i) { return given && ctx->needs_input_grad(i); };
+    GradsNeeded needed;
+    needed.x = ctx->needs_input_grad(0);
+    needed.h0 = needs(has_h0, 1);
+    needed.weights = ctx->needs_input_grad(i_wih) || ctx->needs_input_grad(i_wih + 1) || needs(has_b_ih, i_bih) ||
+                     needs(has_b_hh, i_bhh) || needs(has_g, i_gih) || needs(has_g, i_ghh);
+    LayerTensors p;
+    p.w_ih = saved[0], p.w_hh = saved[1];
+    if (has_h0) p.h0 = at::Tensor();  // only whether it was given matters to the backward
+    if (has_b_ih) p.b_ih = at::Tensor();
+    if (has_b_hh) p.b_hh = at::Tensor();
+    if (has_g) p.g_ih = saved[2], p.g_hh = saved[3];
+    const std::vector<at::Tensor> rest(saved.begin() + 4, saved.end());
+    auto g = gru_backward(dout, dh_n, p, call, Saved::from_list(rest), needed, d["T"].toInt());
+    torch::autograd::variable_list out = {g.x, g.h0, needed.weights ? g.w_ih : at::Tensor(),
+                                          needed.weights ? g.w_hh : at::Tensor(), at::Tensor(), at::Tensor(),
+                                          at::Tensor(), at::Tensor(), at::Tensor()};
+    if (needs(has_b_ih, i_bih)) out[4] = g.b_ih;
+    if (needs(has_b_hh, i_bhh)) out[5] = g.b_hh;
+    if (needs(has_g, i_gih)) out[6] = g.g_ih;
+    if (needs(has_g, i_ghh)) out[7] = g.g_hh;
     return out;
   }
 };
 
 }  // namespace
 
-std::vector<at::Tensor> gru_autograd(const at::Tensor& x, const c10::optional<at::Tensor>& h0,
-                                     const at::Tensor& w_ih, const at::Tensor& w_hh,
-                                     const c10::optional<at::Tensor>& b_ih, const c10::optional<at::Tensor>& b_hh,
-                                     const c10::optional<at::Tensor>& lengths,
-                                     bool reset_after, int64_t activation, bool reverse, int64_t chunks) {
-  return FusedGRUFunction::apply(x, h0, w_ih, w_hh, b_ih, b_hh,
-                                 LayerOptions{lengths, reset_after, activation, reverse, chunks});
+std::vector<at::Tensor> gru_autograd(const LayerTensors& p, const LayerCall& call) {
+  return FusedGRUFunction::apply(p.x, p.h0, p.w_ih, p.w_hh, p.b_ih, p.b_hh, p.g_ih, p.g_hh, call);
 }
 
 }  // namespace grunet
