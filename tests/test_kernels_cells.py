@@ -34,6 +34,7 @@ OPTIONS = {
 def assert_close(a, b, tol, what):
     """Max abs error <= tol, relative to the values' scale where that exceeds 1 (summed gradients)."""
     assert a.shape == b.shape, f"{what}: shapes {tuple(a.shape)} vs {tuple(b.shape)}"
+    a, b = a.detach(), b.detach()
     scale = max(1.0, float(b.abs().max())) if b.numel() else 1.0
     err = float((a - b).abs().max()) if a.numel() else 0.0
     assert err <= tol * scale, f"{what}: max abs error {err:.3g} > {tol} * {scale:.3g}"

@@ -19,6 +19,7 @@ read before it is written).
 """
 from __future__ import annotations
 
+import functools
 from typing import Optional
 
 import torch
@@ -53,6 +54,16 @@ def supports(cell: CellSpec) -> bool:
     return isinstance(cell, CellSpec)
 
 
+@functools.lru_cache(maxsize=64)
+def _cell_options(ext, spec: CellSpec):
+    """The kernel's CellOptions for ``spec``: CellSpec's fields the time loop reads (input and weight dropout
+    happen before it). Cached: filling a pybind11 object field by field costs ~0.5 us a field."""
+    cell = ext.CellOptions()
+    cell.reset_after, cell.activation, cell.reverse = spec.reset_after, ACTIVATION_CODES[spec.activation], spec.reverse
+    cell.layer_norm, cell.zoneout = spec.layer_norm, float(spec.zoneout)
+    return cell
+
+
 def call_arguments(ext, x: Tensor, h0: Optional[Tensor], weights: LayerWeights, spec: CellSpec, masks: Masks,
                    lengths: Optional[Tensor]):
     """The kernel's (LayerTensors, LayerCall) for one layer call: the one place the C++ contract (gru_cpu.h)
@@ -60,18 +71,18 @@ def call_arguments(ext, x: Tensor, h0: Optional[Tensor], weights: LayerWeights, 
     tensors = ext.LayerTensors()
     tensors.x, tensors.h0, tensors.w_ih, tensors.w_hh = x, h0, weights.w_ih, weights.w_hh
     tensors.b_ih = weights.b_ih
-    tensors.b_hh = weights.b_hh if spec.reset_after else None  # reset-before has one bias, b_ih
+    if spec.reset_after:  # reset-before has one bias, b_ih
+        tensors.b_hh = weights.b_hh
     if spec.layer_norm:
         tensors.g_ih, tensors.g_hh = weights.g_ih, weights.g_hh
-    cell = ext.CellOptions()
-    cell.reset_after, cell.activation, cell.reverse = spec.reset_after, ACTIVATION_CODES[spec.activation], spec.reverse
-    cell.layer_norm, cell.zoneout = spec.layer_norm, float(spec.zoneout)
     call = ext.LayerCall()
-    call.cell = cell
-    call_masks = ext.LayerMasks()
-    call_masks.recurrent, call_masks.zoneout = masks.recurrent, masks.zoneout
-    call.masks = call_masks
-    call.lengths = None if lengths is None else lengths.to(device="cpu", dtype=torch.int64)
+    call.cell = _cell_options(ext, spec)
+    if masks.recurrent is not None or masks.zoneout is not None:
+        call_masks = ext.LayerMasks()
+        call_masks.recurrent, call_masks.zoneout = masks.recurrent, masks.zoneout
+        call.masks = call_masks
+    if lengths is not None:
+        call.lengths = lengths.to(device="cpu", dtype=torch.int64)
     call.chunks = ext.batch_chunks(x.shape[1], weights.w_hh.shape[1], get_threads())
     return tensors, call
 
@@ -90,8 +101,8 @@ def gru_layer(
     x, weights = masked_inputs(x, weights, masks)
     ext = load()
     tensors, call = call_arguments(ext, x, h0, weights, spec, masks, lengths)
-    differentiable = (x, h0, tensors.w_ih, tensors.w_hh, tensors.b_ih, tensors.b_hh, tensors.g_ih, tensors.g_hh)
-    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in differentiable):
+    if torch.is_grad_enabled() and (x.requires_grad or (h0 is not None and h0.requires_grad)
+                                    or any(t is not None and t.requires_grad for t in weights.__dict__.values())):
         # a C++ autograd function (gru_autograd.cpp): saves what backward needs, backward runs without Python
         out, h_n = ext.gru_autograd(tensors, call)
     else:
