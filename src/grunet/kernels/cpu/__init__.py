@@ -11,6 +11,12 @@ dW_ih, dW_hh and the bias gradients with a few big products after the loop. Thre
 The autograd function is C++ (gru_autograd.cpp), so the backward runs without entering Python. An output
 that gets no gradient (a classifier reads only h_n) reaches the backward undefined, not as zeros.
 
+The cell options run in the kernel too: layer_norm (both projections normalised per row inside the step),
+recurrent dropout (the (B, H) mask on h where the products read it) and zoneout (the (T, B, H) mask, or
+1 - p in eval, in the gate pass); input and weight dropout are applied to x and W_hh before it
+(grunet.reference.masked_inputs). The C++ side takes the call as named structs (gru_cpu.h: LayerTensors,
+LayerCall with CellOptions and LayerMasks), filled in one place: call_arguments.
+
 With grad disabled, or when no input requires grad, the forward keeps no gate activations.
 NaN and +-inf propagate as in torch.nn.GRU (values and gradients); with lengths a padded step takes no
 part at all, as with packed sequences.

@@ -18,6 +18,13 @@
 //   reset-after:  dW_hh = dG_h^T hprev,  db_hh = sum dG_h
 //   reset-before: dW_h[rz] = dG_rz^T hprev,  dW_hn = da_n^T (r h)
 // Padded steps (t >= lengths[b]) passed h through unchanged: dh flows past them and their dG rows are 0.
+// The cell options (grunet.contract):
+//   zoneout h' = h + k (h~ - h):   the step above runs on dh~ = k dh', and dh_prev gains dh' - k dh'
+//   recurrent dropout (h_in = m_h h in the products): dh_prev += m_h (dG_h W_hh) (reset-before:
+//                  m_h (d(rh) r + dG_rz W_h[rz])), dW_hh = dG^T h_in; dz still reads h
+//   layer_norm (gh = LN(P_h) g_hh + b_hh, P_h = W_hh h_in; the same on the input side): dG_h goes through
+//                  the norm's backward to dP_h = rstd (dG_h g - mean(dG_h g) - xhat mean(dG_h g xhat)) per
+//                  row, which then takes dG_h's place in the products; dg_hh = sum dG_h xhat_h, db_hh = sum dG_h
 #include "gru_cpu.h"
 
 namespace grunet {
