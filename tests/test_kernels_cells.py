@@ -187,3 +187,61 @@ def test_gru_module_fused_equals_reference_under_one_seed(built, option):
     ref_model.eval(), fused_model.eval()
     with torch.no_grad():
         assert_close(fused_model(x, lengths=lengths)[0], ref_model(x, lengths=lengths)[0], 1e-10, "eval out")
+
+
+def test_bench_layer_norm_loop_is_the_same_math():
+    """The hand-written PyTorch loop the bench times against computes grunet's layer-normalised GRU."""
+    from grunet.bench import LayerNormGRULoop
+
+    torch.manual_seed(3)
+    gru = grunet.GRU(3, 5, batch_first=True, layer_norm=True, impl="reference", dtype=torch.float64)
+    loop = LayerNormGRULoop(3, 5).double()
+    with torch.no_grad():
+        for p in gru.parameters():
+            p.uniform_(-0.8, 0.8)
+        loop.ih.weight.copy_(gru.weight_ih_l0), loop.hh.weight.copy_(gru.weight_hh_l0)
+        loop.ln_ih.weight.copy_(gru.layer_norm_ih_l0), loop.ln_ih.bias.copy_(gru.bias_ih_l0)
+        loop.ln_hh.weight.copy_(gru.layer_norm_hh_l0), loop.ln_hh.bias.copy_(gru.bias_hh_l0)
+        x = torch.randn(2, 6, 3, dtype=torch.float64)
+        assert_close(loop(x)[0], gru(x)[0], 1e-12, "out")
+
+
+def test_bench_writes_the_cell_option_rows(built, tmp_path):
+    from grunet.bench import CELL_CASES
+    from grunet.cli import main
+
+    path = tmp_path / "RESULTS.md"
+    assert main(["bench", "--quick", "--skip", "train,sweep,inference,keras", "--repeats", "1", "--impls",
+                 "torch,fused", "--results", str(path)]) == 0
+    text = path.read_text()
+    assert "## Cell options: training step of the tutorial model" in text
+    rows = {line.split("|")[1].strip(): line.split("|")[2:5] for line in text.splitlines()
+            if line.startswith("| ") and line.split("|")[1].strip() in CELL_CASES}
+    assert rows.keys() == CELL_CASES.keys()
+    assert all(float(ms) > 0 for ms, _, _ in rows.values())
+    assert rows["plain GRU, fused"][1].strip() == "+0%"
+    assert rows["layer_norm, PyTorch loop (nn.LayerNorm)"][2].strip().endswith("x")
+
+
+def test_binding_backward_takes_what_forward_saved(built):
+    """ext.forward(..., keep_for_backward=True) -> ext.backward gives autograd's gradients (layer norm: the
+    saved list has its normalised rows; without it those entries are None)."""
+    for spec in (CellSpec(layer_norm=True, zoneout=0.3), CellSpec(reset_after=False)):
+        x, h0, w, masks, lengths = layer_case(5, 4, 3, 6, torch.float64, spec, 8, True)
+        tensors, call = cpu.call_arguments(built, x, h0, w, spec, masks, lengths)
+        out, h_n, *saved = built.forward(tensors, call, True)
+        assert (saved[4] is None) == (not spec.layer_norm)
+        dout, dh = torch.randn_like(out), torch.randn_like(h_n)
+        grads = built.backward(dout, dh, tensors, call, saved, True, True, True)
+        names = ["x", "h0", "w_ih", "w_hh", "b_ih", "b_hh", "g_ih", "g_hh"]
+        inputs = leaves(x, h0, w)
+        out2, h2 = cpu.gru_layer(x, h0, w, spec, masks, lengths)
+        assert_close(out, out2, 0, "out")
+        expected = dict(zip(inputs, torch.autograd.grad([out2, h2], list(inputs.values()), [dout, dh])))
+        for name, g in zip(names, grads):
+            if name in expected:
+                assert_close(g, expected[name], 1e-10, name)
+            else:
+                assert g is None, name
+        with pytest.raises(RuntimeError, match="saved tensors"):
+            built.backward(dout, dh, tensors, call, saved[:4], True, True, True)

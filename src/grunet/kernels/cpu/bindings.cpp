@@ -47,8 +47,12 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def(
       "backward",
       [](const c10::optional<at::Tensor>& dout, const c10::optional<at::Tensor>& dh_n, const grunet::LayerTensors& p,
-         const grunet::LayerCall& call, const std::vector<at::Tensor>& saved, bool need_x, bool need_h0,
-         bool need_weights) {
+         const grunet::LayerCall& call, const std::vector<c10::optional<at::Tensor>>& saved_in, bool need_x,
+         bool need_h0, bool need_weights) {
+        TORCH_CHECK(saved_in.size() == grunet::Saved().list().size(),
+                    "grunet: backward takes the saved tensors forward returned after out and h_n");
+        std::vector<at::Tensor> saved;
+        for (const auto& t : saved_in) saved.push_back(t.value_or(at::Tensor()));
         grunet::GradsNeeded needed;
         needed.x = need_x, needed.h0 = need_h0, needed.weights = need_weights;
         auto g = grunet::gru_backward(dout.value_or(at::Tensor()), dh_n.value_or(at::Tensor()), p, call,
