@@ -262,3 +262,21 @@ def test_operator_backward_takes_what_the_training_forward_saved(built):
                 assert_close(g, expected[name], 1e-10, name)
             else:
                 assert g.numel() == 0, name
+
+
+@pytest.mark.parametrize("option", list(OPTIONS))
+@pytest.mark.parametrize("training", [True, False])
+def test_batch_split_over_threads_equals_reference(built, option, training):
+    """B = 40 at two threads: the kernel splits the batch into chunks (chunk-major saved rows, per-chunk
+    gain and weight gradients summed after the loop)."""
+    spec = CellSpec(reverse=True, **OPTIONS[option])
+    T, B, I, H = 6, 40, 3, 11
+    assert built.batch_chunks(B, H, 2) == 2
+    cpu.set_threads(2)
+    try:
+        ref = run(reference.gru_layer, layer_case(T, B, I, H, torch.float64, spec, 9, True, training), spec)
+        fused = run(cpu.gru_layer, layer_case(T, B, I, H, torch.float64, spec, 9, True, training), spec)
+    finally:
+        cpu.set_threads(None)
+    for name in ref:
+        assert_close(fused[name], ref[name], 1e-10, name)

@@ -170,7 +170,7 @@ def cells_table(ms: dict[str, float], B=50, T=28, I=28, H=75) -> str:
     """Each case's ms, its cost over the plain fused step, and the layer-norm rows against the fused one."""
     plain = next(iter(ms.values()))
     ln = ms.get("layer_norm, fused")
-    lines = [f"| train step B={B} T={T} I={I} H={H}, Adam fused | ms | vs plain fused step | layer_norm fused "
+    lines = [f"| cell (training step B={B} T={T} I={I} H={H}, Adam fused) | ms | vs plain fused step | layer_norm fused "
              "speed-up |", "|---|---|---|---|"]
     for name, t in ms.items():
         speedup = f"{t / ln:.2f}x" if ln and name.startswith("layer_norm") and "fused" not in name else "-"
