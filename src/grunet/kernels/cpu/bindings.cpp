@@ -20,9 +20,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
                    activation, reverse, layer_norm, zoneout, threads);
   }, "gru_layer(x, h0, w_ih, w_hh, b_ih, b_hh, g_ih, g_hh, recurrent_mask, zoneout_mask, lengths, reset_after,"
      " activation, reverse, layer_norm, zoneout, threads) -> (out, h_n): the operator grunet::gru_layer");
-  m.def("padded_units", [](int64_t H, bool float64) {
-    return float64 ? grunet::padded_units<double>(H) : grunet::padded_units<float>(H);
-  }, "padded_units(H, float64): the units of a kernel-private state row (H rounded up to whole vectors)");
   m.def("saved_columns", [](int64_t I, int64_t H, bool float64, bool layer_norm) {
     const int64_t Hp = float64 ? grunet::padded_units<double>(H) : grunet::padded_units<float>(H);
     return grunet::Saved::columns(I, Hp, layer_norm);

@@ -491,9 +491,11 @@ inline std::vector<S> pad_rows(const at::Tensor& t, int64_t rows, int64_t H, int
 }
 
 // ----------------------------------------------------------------------------------------------------
-// The contract of one layer call, as grunet.contract describes it (CellSpec, LayerWeights, Masks); Python
-// builds these in one place (grunet.kernels.cpu.call_arguments). Input and weight dropout are applied to
-// x and W_hh before the kernel, as in every implementation, so they have no field here.
+// The contract of one layer call, as grunet.contract describes it (CellSpec, LayerWeights, Masks). The
+// operators' schemas (gru_ops.cpp) spell these fields out as named arguments, which
+// grunet.kernels.cpu.call_arguments fills and gru_ops.cpp turns into the structs, each in one place. Input
+// and weight dropout are applied to x and W_hh before the kernel, as in every implementation, so they have
+// no field here.
 
 // CellSpec's math: what the gate pass computes
 struct CellOptions {
