@@ -83,16 +83,50 @@ def test_compile_has_no_graph_break_and_gives_eager_outputs_and_gradients(reset_
         assert_all_close([compiled(x, lengths)], [model(x, lengths)], 1e-6)
 
 
-def test_compile_with_the_recurrent_cell_options():
+@pytest.mark.parametrize("option", [*RECURRENT_OPTIONS, "all"])
+def test_compile_with_the_recurrent_cell_options(option):
+    """Layer norm, recurrent dropout and zoneout run the fused kernel through the operator: no graph break,
+    the operator in the graph, eager's outputs and gradients (the same seed, the same masks), and an
+    exported program in training and eval mode."""
+    options = RECURRENT_OPTIONS if option == "all" else {option: RECURRENT_OPTIONS[option]}
     torch.manual_seed(8)
-    model = Classifier(True, impl="auto", **RECURRENT_OPTIONS)  # the fused kernel where it computes them
+    model = Classifier(True, impl="fused", **options)
     x, lengths = inputs(seed=8)
     explained = torch._dynamo.explain(model)(x, lengths)
     assert explained.graph_break_count == 0, explained.break_reasons
+    assert any("grunet.gru_layer" in kernel for g in explained.graphs for kernel in kernel_ops(g))
     compiled = torch.compile(model, backend="aot_eager", fullgraph=True)
     assert_all_close(outputs_and_grads(compiled, x, lengths), outputs_and_grads(model, x, lengths), 1e-6)
-    program = torch.export.export(model.eval(), (x, lengths))
-    assert_all_close([program.module()(x, lengths)], [model(x, lengths)], 1e-6)
+    for training in (True, False):
+        model.train(training)
+        program = torch.export.export(model, (x, lengths))
+        assert kernel_ops(program.graph_module) == {"grunet.gru_layer.default"}
+        torch.manual_seed(3)
+        expected = model(x, lengths)
+        torch.manual_seed(3)
+        assert_all_close([program.module()(x, lengths)], [expected], 1e-6)
+
+
+def test_double_backward_with_the_recurrent_cell_options():
+    """create_graph=True through the operator with gains and masks equals the reference's second order."""
+    from grunet.contract import CellSpec, LayerWeights, Masks
+    from grunet.reference import gru_layer as reference_layer
+
+    spec = CellSpec(layer_norm=True, recurrent_dropout=0.3, zoneout=0.2)
+    g = torch.Generator().manual_seed(9)
+    r = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64).requires_grad_()  # noqa: E731
+    T, B, I, H = 3, 2, 2, 3
+    tensors = [r(T, B, I), r(B, H), r(3 * H, I), r(3 * H, H), r(3 * H), r(3 * H), r(3 * H), r(3 * H)]
+    torch.manual_seed(9)
+    masks = Masks.draw(spec, True, T, B, I, H, tensors[0])
+
+    def second_order(impl):
+        x, h0, *w = tensors
+        out, h_n = impl(x, h0, LayerWeights(*w), spec, masks, torch.tensor([3, 2]))
+        first = torch.autograd.grad(out.square().sum() + h_n.sum(), tensors, create_graph=True)
+        return [*first, *torch.autograd.grad(sum(d.square().sum() for d in first), tensors)]
+
+    assert_all_close(second_order(cpu.gru_layer), second_order(reference_layer), 1e-10)
 
 
 def test_compile_follows_a_new_batch_size():
@@ -291,3 +325,16 @@ def test_onnx_export_with_an_initial_state_and_no_bias(reset_after):
     got = session.run(None, {"x": x2.numpy(), "h0": h2.numpy()})
     with torch.no_grad():
         assert_all_close([torch.from_numpy(g) for g in got], list(model(x2, h2)), 1e-5)
+
+
+@pytest.mark.parametrize("options", [{"layer_norm": True}, {"zoneout": 0.2}, {"recurrent_dropout": 0.2}],
+                         ids=["layer_norm", "zoneout", "recurrent_dropout"])
+def test_onnx_export_refuses_what_onnx_cannot_compute_by_name(options):
+    """ONNX's GRU has no layer norm, zoneout or recurrent dropout (a mask in training): refused by name."""
+    pytest.importorskip("onnx")
+    (name,) = options
+    model = grunet.GRU(3, 4, impl="fused", **options)
+    # the exporter runs the model in eval mode unless told otherwise; a recurrent-dropout mask is a training one
+    mode = torch.onnx.TrainingMode.TRAINING if name == "recurrent_dropout" else torch.onnx.TrainingMode.EVAL
+    with pytest.raises(GrunetError, match=name):
+        torch.onnx.export(model, (torch.randn(5, 2, 3),), io.BytesIO(), dynamo=False, opset_version=17, training=mode)

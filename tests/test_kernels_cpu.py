@@ -468,7 +468,7 @@ def test_build_says_once_what_it_does_and_where_only_when_it_builds(monkeypatch,
     monkeypatch.setattr(cpp_extension, "load", compile_and_load)
     assert build.load() == "module"
     err = capsys.readouterr().err
-    assert err == (f"grunet: compiling the fused CPU kernel (once, about a minute); cached in "
+    assert err == (f"grunet: compiling the fused CPU kernel (once, one to two minutes); cached in "
                    f"{tmp_path / names[0]}\n")
     monkeypatch.setattr(build, "_module", None)  # the next process loads the library from the cache
     assert build.load() == "module"

@@ -58,7 +58,7 @@ def make_gru(impl: str, I: int, H: int, batch_first: bool = True) -> nn.Module:
 
 # ----------------------------------------------------------------------------------------------------
 # torch.optim.Adam's implementations: name -> constructor options ("default": a Python loop over the
-# parameters on CPU, which pays Python's overhead for every parameter tensor; "fused": one C++ kernel for all)
+# parameters on CPU, ~40 us a parameter tensor here; "fused": one C++ kernel for all of them)
 ADAM_OPTIONS = {"default": {}, "foreach": {"foreach": True}, "fused": {"fused": True}}
 
 
@@ -88,7 +88,8 @@ def training_step(repeats: int, impls=IMPLS, B=50, T=28, I=28, H=75, keras: bool
     # (other processes, clocks) falls on all of them alike; the median of each is reported. Each block of
     # 10 timed steps starts with 2 untimed ones: the first steps after a switch run on caches the other
     # implementation filled and, after the reference's mostly one-thread block, wake an OpenMP worker that
-    # went to sleep, a cost a training loop pays once, not every 10 steps.
+    # went to sleep (measured per position in a block: fused 1.94, 1.63, 1.53, then ~1.45 ms; torch.nn.GRU
+    # 6.5, 6.2, 6.1, then ~6.0 ms), which a training loop pays once, not every 10 steps.
     times: dict[str, list[float]] = {impl: [] for impl in steps}
     for _ in range(repeats):
         for impl, step in steps.items():
@@ -99,6 +100,82 @@ def training_step(repeats: int, impls=IMPLS, B=50, T=28, I=28, H=75, keras: bool
         row.ms["keras"] = median_ms(keras_training_step(x, y, H), repeats, number=10, warmup=10)
         row.keras_note = "train_on_batch"
     return row
+
+
+class LayerNormGRULoop(nn.Module):
+    """The layer-normalised GRU as a PyTorch user writes it today (torch.nn.GRU has no such option): the two
+    projections, an nn.LayerNorm on each (its shift is the bias), the reset-after gates, a Python loop."""
+
+    def __init__(self, I: int, H: int):
+        super().__init__()
+        self.ih, self.hh = nn.Linear(I, 3 * H, bias=False), nn.Linear(H, 3 * H, bias=False)
+        self.ln_ih, self.ln_hh = nn.LayerNorm(3 * H), nn.LayerNorm(3 * H)
+        self.H = H
+
+    def forward(self, x):  # x (B, T, I) -> (output (B, T, H), None)
+        h = x.new_zeros(x.shape[0], self.H)
+        gx_all = self.ln_ih(self.ih(x))  # the input side of every step at once, as a careful user would
+        outs = []
+        for t in range(x.shape[1]):
+            a_r, a_z, a_n = gx_all[:, t].chunk(3, -1)
+            h_r, h_z, h_n = self.ln_hh(self.hh(h)).chunk(3, -1)
+            r, z = torch.sigmoid(a_r + h_r), torch.sigmoid(a_z + h_z)
+            n = torch.tanh(a_n + r * h_n)
+            h = n + z * (h - n)
+            outs.append(h)
+        return torch.stack(outs, 1), None
+
+
+# case name -> how its GRU is made; timed against the first (the plain fused step)
+CELL_CASES = {
+    "plain GRU, fused": lambda I, H: grunet.GRU(I, H, batch_first=True, impl="fused"),
+    "recurrent_dropout=0.25, fused": lambda I, H: grunet.GRU(I, H, batch_first=True, impl="fused",
+                                                             recurrent_dropout=0.25),
+    "zoneout=0.1, fused": lambda I, H: grunet.GRU(I, H, batch_first=True, impl="fused", zoneout=0.1),
+    "layer_norm, fused": lambda I, H: grunet.GRU(I, H, batch_first=True, impl="fused", layer_norm=True),
+    "layer_norm, reference": lambda I, H: grunet.GRU(I, H, batch_first=True, impl="reference", layer_norm=True),
+    "layer_norm, PyTorch loop (nn.LayerNorm)": LayerNormGRULoop,
+}
+
+
+def cells_training_step(repeats: int, B=50, T=28, I=28, H=75, adam: str = "fused") -> dict[str, float]:
+    """The tutorial model's training step with each cell option (CELL_CASES), timed round robin as in
+    training_step; case -> median ms."""
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.rand(B, T, I, generator=g), torch.randint(0, 10, (B,), generator=g)
+    steps = {}
+    for name, make in CELL_CASES.items():
+        torch.manual_seed(0)
+        gru, head = make(I, H), nn.Linear(H, 10)
+        gru.train()
+        opt = torch.optim.Adam(list(gru.parameters()) + list(head.parameters()), lr=1e-3, **ADAM_OPTIONS[adam])
+
+        def step(gru=gru, head=head, opt=opt):
+            opt.zero_grad()
+            out, _ = gru(x)
+            nn.functional.cross_entropy(head(out[:, -1]), y).backward()
+            opt.step()
+
+        steps[name] = step
+    for step in steps.values():
+        median_ms(step, 1, warmup=10)
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    for _ in range(repeats):
+        for name, step in steps.items():
+            times[name].append(median_ms(step, 1, number=10, warmup=2))
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def cells_table(ms: dict[str, float], B=50, T=28, I=28, H=75) -> str:
+    """Each case's ms, its cost over the plain fused step, and the layer-norm rows against the fused one."""
+    plain = next(iter(ms.values()))
+    ln = ms.get("layer_norm, fused")
+    lines = [f"| cell (training step B={B} T={T} I={I} H={H}, Adam fused) | ms | vs plain fused step | layer_norm fused "
+             "speed-up |", "|---|---|---|---|"]
+    for name, t in ms.items():
+        speedup = f"{t / ln:.2f}x" if ln and name.startswith("layer_norm") and "fused" not in name else "-"
+        lines.append(f"| {name} | {t:.3f} | {t / plain - 1:+.0%} | {speedup} |")
+    return "\n".join(lines)
 
 
 def inference(repeats: int, impls=IMPLS, n=10_000, batch=1000, T=28, I=28, H=75, keras: bool = False) -> Row:

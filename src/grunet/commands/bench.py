@@ -1,7 +1,9 @@
 """grunet bench: time torch.nn.GRU, grunet's reference loop and its fused kernel in one process.
 
 (a) the tutorial model's training step, (b) a sweep of forward+backward over batch x hidden x length,
-(c) inference throughput on 10,000 sequences; (a) and (c) also in Keras 3 when it is importable. Medians of --repeats after warm-up; ratios vs torch.nn.GRU.
+(c) inference throughput on 10,000 sequences; (a) and (c) also in Keras 3 when it is importable; (d) the
+tutorial training step with each cell option (recurrent dropout, zoneout, layer norm fused vs the reference
+loop vs a hand-written PyTorch loop). Medians of --repeats after warm-up; ratios vs torch.nn.GRU.
 The timing logic is in grunet.bench.
 """
 from __future__ import annotations
@@ -20,7 +22,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--repeats", type=int, default=15, help="timed repeats per case; the median is reported")
     p.add_argument("--quick", action="store_true", help="a small sweep and fewer repeats")
     p.add_argument("--impls", default=",".join(bench.IMPLS), help="comma list of torch, reference, fused")
-    p.add_argument("--skip", default="", help="comma list of parts to skip: train, sweep, inference, keras")
+    p.add_argument("--skip", default="", help="comma list of parts to skip: train, sweep, inference, cells, keras")
     p.add_argument("--adam", default="fused,default", metavar="LIST",
                    help="comma list of torch.optim.Adam implementations (default, foreach, fused) to time the "
                         "training step with, one row each, the same for every impl (default: fused, as grunet "
@@ -76,6 +78,10 @@ def run(args: argparse.Namespace) -> int:
         keras_rows += rows
     if any("keras" in r.ms for r in keras_rows):
         print(bench.keras_table(keras_rows), flush=True)
+    cells = None
+    if "cells" not in skip and "fused" in impls:
+        cells = bench.cells_table(bench.cells_training_step(repeats))
+        print(cells, flush=True)
     if args.results:
         text = ["# grunet benchmark results", "",
                 "Written by `grunet bench`. Medians after warm-up; ratios are torch.nn.GRU time / other time "
@@ -86,6 +92,8 @@ def run(args: argparse.Namespace) -> int:
         if any("keras" in r.ms for r in keras_rows):
             text += ["## Against Keras 3 (ratio = Keras time / other time, > 1 = faster than Keras)", "",
                      bench.keras_table(keras_rows), ""]
+        if cells:
+            text += ["## Cell options: training step of the tutorial model", "", cells, ""]
         write_text(args.results, "\n".join(text))
         print(f"wrote {args.results}")
     return 0

@@ -92,7 +92,7 @@ def load() -> ModuleType:
         name = f"grunet_cpu_{cache_key()}"
         directory = build_directory(name)
         if not (directory / f"{name}.so").exists():  # a build, not a load from the cache: say why we wait
-            print(f"grunet: compiling the fused CPU kernel (once, about a minute); cached in {directory}",
+            print(f"grunet: compiling the fused CPU kernel (once, one to two minutes); cached in {directory}",
                   file=sys.stderr, flush=True)
         _module = cpp_extension.load(
             name=name,

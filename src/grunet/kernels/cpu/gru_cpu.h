@@ -18,12 +18,14 @@
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
+#include <ATen/core/dispatch/Dispatcher.h>
 
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
 #include <limits>
+#include <tuple>
 #include <vector>
 
 #include "small_gemm.h"
@@ -349,11 +351,13 @@ class BufferPool {
   }
 };
 
-// Column sums of a (rows, G * Hp) row-major matrix of padded gate blocks into out (G * H,). A bias
-// gradient sums T*B terms, and float accumulation over all of them would lose ~1e-5; blocks of 16 rows
-// are summed in S and the block sums in double (a conversion per value cost ~4% of the backward).
-template <typename S>
-inline void gate_column_sums(const S* a, int64_t rows, int64_t lda, int64_t G, int64_t H, int64_t Hp, S* out) {
+// Column sums of a (rows, G * Hp) row-major matrix of padded gate blocks into out (G * H,); with PRODUCT,
+// of its elementwise product with b (same layout, row stride ldb). A bias gradient sums T*B terms, and
+// float accumulation over all of them would lose ~1e-5; blocks of 16 rows are summed in S and the block
+// sums in double (a conversion per value cost ~4% of the backward).
+template <typename S, bool PRODUCT = false>
+inline void gate_column_sums(const S* a, int64_t rows, int64_t lda, int64_t G, int64_t H, int64_t Hp, S* out,
+                             const S* b = nullptr, int64_t ldb = 0) {
   constexpr int64_t kBlock = 16;
   const int64_t cols = G * Hp;
   std::vector<double> acc(cols, 0.0);
@@ -364,8 +368,14 @@ inline void gate_column_sums(const S* a, int64_t rows, int64_t lda, int64_t G, i
     std::fill(p, p + cols, S(0));
     for (int64_t i = i0; i < std::min(rows, i0 + kBlock); ++i) {
       const S* __restrict r = a + i * lda;
+      if constexpr (PRODUCT) {
+        const S* __restrict q = b + i * ldb;
 #pragma omp simd
-      for (int64_t j = 0; j < cols; ++j) p[j] += r[j];
+        for (int64_t j = 0; j < cols; ++j) p[j] += r[j] * q[j];
+      } else {
+#pragma omp simd
+        for (int64_t j = 0; j < cols; ++j) p[j] += r[j];
+      }
     }
 #pragma omp simd
     for (int64_t j = 0; j < cols; ++j) s[j] += (double)p[j];
@@ -375,27 +385,227 @@ inline void gate_column_sums(const S* a, int64_t rows, int64_t lda, int64_t G, i
 }
 
 // ----------------------------------------------------------------------------------------------------
-// entry points (gru_forward.cpp, gru_backward.cpp)
-std::vector<at::Tensor> gru_forward(const at::Tensor& x, const c10::optional<at::Tensor>& h0,
-                                    const at::Tensor& w_ih, const at::Tensor& w_hh,
-                                    const c10::optional<at::Tensor>& b_ih, const c10::optional<at::Tensor>& b_hh,
-                                    const c10::optional<at::Tensor>& lengths,
-                                    bool reset_after, int64_t activation, bool reverse, bool training,
-                                    int64_t chunks);
+// The gate pass: the per-unit math of a step, written once for the training forward (Fwd) and the
+// inference loop (Infer) in gru_forward.cpp.
 
-std::vector<at::Tensor> gru_backward(const c10::optional<at::Tensor>& dout, const c10::optional<at::Tensor>& dh_n,
-                                     const at::Tensor& w_ih, const at::Tensor& w_hh, const at::Tensor& xs,
-                                     const at::Tensor& gates, const at::Tensor& aux, const at::Tensor& hprev,
-                                     const c10::optional<at::Tensor>& lengths, bool reset_after, int64_t activation,
-                                     bool reverse, bool has_b_ih, bool has_b_hh, bool need_dx, bool need_dh0,
-                                     bool need_weights, int64_t chunks, int64_t T);
+// h~ = n + z (h - n) = z h + (1 - z) n: the new state of both variants (z: the share of the old state kept)
+template <typename S>
+inline S state_update(S z, S n, S h) {
+  return n + z * (h - n);
+}
 
-// (out, h_n) through autograd: gru_forward when called, gru_backward from the autograd engine (gru_autograd.cpp)
-std::vector<at::Tensor> gru_autograd(const at::Tensor& x, const c10::optional<at::Tensor>& h0,
-                                     const at::Tensor& w_ih, const at::Tensor& w_hh,
-                                     const c10::optional<at::Tensor>& b_ih, const c10::optional<at::Tensor>& b_hh,
-                                     const c10::optional<at::Tensor>& lengths,
-                                     bool reset_after, int64_t activation, bool reverse, int64_t chunks);
+// reset-after, from the summed pre-activations a_r, a_z, the input part x_n of n and the recurrent part
+// a = gh_n: r = sigma(a_r), z = sigma(a_z), n = tanh(x_n + r a); returns h~
+template <int ACT, typename S>
+inline S reset_after_cell(S a_r, S a_z, S x_n, S a, S h, S& r, S& z, S& n) {
+  r = sigma<ACT>(a_r);
+  z = sigma<ACT>(a_z);
+  n = tanh_(x_n + r * a);
+  return state_update(z, n, h);
+}
+
+// zoneout: h' = h + k (h~ - h), k the share of the new state (a 0/1 mask in training, 1 - p in eval);
+// the order of grunet.reference.gru_step
+template <typename S>
+inline S zoneout_update(S h, S h_tilde, S k) {
+  return h + k * (h_tilde - h);
+}
+
+// Layer norm of one gate row (three blocks of H units, Hp apart) in place, as F.layer_norm over the 3H real
+// units (biased variance, eps 1e-5): v = (v - mean) rstd * gain + shift; gain and shift padded to 3 Hp.
+// xhat, when given, receives (v - mean) rstd. Padding units come out 0. Returns rstd.
+constexpr double kLayerNormEps = 1e-5;
+
+template <typename S>
+inline S layer_norm_row(S* v, int64_t H, int64_t Hp, const S* gain, const S* shift, S* xhat) {
+  S sum = S(0);
+  for (int64_t g = 0; g < 3; ++g) {
+    const S* __restrict b = v + g * Hp;
+#pragma omp simd reduction(+ : sum)
+    for (int64_t j = 0; j < H; ++j) sum += b[j];
+  }
+  const S mean = sum / S(3 * H);
+  S ss = S(0);
+  for (int64_t g = 0; g < 3; ++g) {
+    const S* __restrict b = v + g * Hp;
+#pragma omp simd reduction(+ : ss)
+    for (int64_t j = 0; j < H; ++j) ss += (b[j] - mean) * (b[j] - mean);
+  }
+  const S rstd = S(1) / std::sqrt(ss / S(3 * H) + S(kLayerNormEps));
+  for (int64_t g = 0; g < 3; ++g) {
+    S* __restrict b = v + g * Hp;
+    const S* __restrict gg = gain + g * Hp;
+    const S* __restrict sh = shift + g * Hp;
+    S* __restrict xh = xhat ? xhat + g * Hp : nullptr;
+    if (xh) {
+#pragma omp simd
+      for (int64_t j = 0; j < H; ++j) {
+        const S u = (b[j] - mean) * rstd;
+        xh[j] = u;
+        b[j] = u * gg[j] + sh[j];
+      }
+      std::fill(xh + H, xh + Hp, S(0));
+    } else {
+#pragma omp simd
+      for (int64_t j = 0; j < H; ++j) b[j] = (b[j] - mean) * rstd * gg[j] + sh[j];
+    }
+    std::fill(b + H, b + Hp, S(0));
+  }
+  return rstd;
+}
+
+// The layer norm's backward of one row in place: d = dL/d(LN output) in, dL/d(its input) out,
+//   d <- rstd (d g - mean(d g) - xhat mean(d g xhat))   over the 3H real units; padding 0
+template <typename S>
+inline void layer_norm_backward_row(S* d, const S* xhat, S rstd, const S* gain, int64_t H, int64_t Hp) {
+  S s1 = S(0), s2 = S(0);
+  for (int64_t g = 0; g < 3; ++g) {
+    const S* __restrict b = d + g * Hp;
+    const S* __restrict gg = gain + g * Hp;
+    const S* __restrict xh = xhat + g * Hp;
+#pragma omp simd reduction(+ : s1, s2)
+    for (int64_t j = 0; j < H; ++j) {
+      const S u = b[j] * gg[j];
+      s1 += u;
+      s2 += u * xh[j];
+    }
+  }
+  const S m1 = s1 / S(3 * H), m2 = s2 / S(3 * H);
+  for (int64_t g = 0; g < 3; ++g) {
+    S* __restrict b = d + g * Hp;
+    const S* __restrict gg = gain + g * Hp;
+    const S* __restrict xh = xhat + g * Hp;
+#pragma omp simd
+    for (int64_t j = 0; j < H; ++j) b[j] = rstd * (b[j] * gg[j] - m1 - xh[j] * m2);
+    std::fill(b + H, b + Hp, S(0));
+  }
+}
+
+// (rows, Hp) copy of a (rows, H) tensor's values with zero padding units (masks in the padded layout)
+template <typename S>
+inline std::vector<S> pad_rows(const at::Tensor& t, int64_t rows, int64_t H, int64_t Hp) {
+  std::vector<S> v(rows * Hp, S(0));
+  const S* p = t.data_ptr<S>();
+  for (int64_t i = 0; i < rows; ++i) std::copy(p + i * H, p + (i + 1) * H, v.data() + i * Hp);
+  return v;
+}
+
+// ----------------------------------------------------------------------------------------------------
+// The contract of one layer call, as grunet.contract describes it (CellSpec, LayerWeights, Masks). The
+// operators' schemas (gru_ops.cpp) spell these fields out as named arguments, which
+// grunet.kernels.cpu.call_arguments fills and gru_ops.cpp turns into the structs, each in one place. Input
+// and weight dropout are applied to x and W_hh before the kernel, as in every implementation, so they have
+// no field here.
+
+// CellSpec's math: what the gate pass computes
+struct CellOptions {
+  bool reset_after = true;
+  int64_t activation = kSigmoid;   // an Activation
+  bool reverse = false;
+  bool layer_norm = false;         // reset-after only: gx = LN(W_ih x) g_ih + b_ih, gh = LN(W_hh h) g_hh + b_hh
+  double zoneout = 0.0;            // p; training reads LayerCall::masks.zoneout, eval keeps p of the old state
+};
+
+// LayerWeights and the layer's input
+struct LayerTensors {
+  at::Tensor x;                              // (T, B, I)
+  c10::optional<at::Tensor> h0;              // (B, H); none: zeros
+  at::Tensor w_ih, w_hh;                     // (3H, I), (3H, H), rows r | z | n
+  c10::optional<at::Tensor> b_ih, b_hh;      // (3H,); reset-before: b_ih is the one bias
+  c10::optional<at::Tensor> g_ih, g_hh;      // (3H,) layer-norm gains
+};
+
+// Masks that reach the time loop (training only; none in eval)
+struct LayerMasks {
+  c10::optional<at::Tensor> recurrent;       // (B, H): multiplies h where it enters the recurrent products
+  c10::optional<at::Tensor> zoneout;         // (T, B, H) 0/1: the share of the new state taken at each step
+};
+
+// Everything about a call that is not a tensor autograd tracks
+struct LayerCall {
+  CellOptions cell;
+  LayerMasks masks;
+  c10::optional<at::Tensor> lengths;         // (B,) int64
+  int64_t chunks = 1;                        // threads splitting the batch (batch_chunks)
+};
+
+// What the training forward keeps for the backward (chunk-major rows, padded gate layout; see Chunking)
+struct Saved {
+  at::Tensor xs;       // (T*B, I) copy of x
+  at::Tensor gates;    // (T*B, 3Hp) r | z | n
+  at::Tensor aux;      // (T*B, Hp): a = gh_n (reset-after) or r * h (reset-before)
+  at::Tensor hprev;    // (T*B, Hp) the h fed into each step
+  at::Tensor xhat_x;   // layer_norm: (T*B, 3Hp) the normalised W_ih x, else undefined
+  at::Tensor xhat_h;   // layer_norm: (T*B, 3Hp) the normalised W_hh h
+  at::Tensor rstd;     // layer_norm: (T*B, 2) 1 / sqrt(var + eps) of the two rows
+
+  // for autograd's save_for_backward, which stores a list: the order is defined here only
+  std::vector<at::Tensor> list() const { return {xs, gates, aux, hprev, xhat_x, xhat_h, rstd}; }
+  static Saved from_list(const std::vector<at::Tensor>& v) { return {v[0], v[1], v[2], v[3], v[4], v[5], v[6]}; }
+  // the columns of each list() entry (all have T*B rows), 0 where it stays undefined: the layout the fake
+  // implementations (grunet.kernels.cpu.ops) give the saved tensors, read from here so it is written once
+  static std::vector<int64_t> columns(int64_t I, int64_t Hp, bool layer_norm) {
+    const int64_t ln = layer_norm ? 1 : 0;
+    return {I, 3 * Hp, Hp, Hp, ln * 3 * Hp, ln * 3 * Hp, ln * 2};
+  }
+};
+
+struct ForwardResult {
+  at::Tensor out;      // (T, B, H)
+  at::Tensor h_n;      // (B, H)
+  Saved saved;         // when keep_for_backward
+};
+
+// Which gradients the backward computes
+struct GradsNeeded {
+  bool x = true, h0 = true, weights = true;  // weights: w_ih, w_hh, the biases and gains
+};
+
+struct LayerGrads {  // undefined where not needed or the tensor is absent
+  at::Tensor x, h0, w_ih, w_hh, b_ih, b_hh, g_ih, g_hh;
+};
+
+// entry points (gru_forward.cpp, gru_backward.cpp); keep_for_backward: also fill ForwardResult::saved
+ForwardResult gru_forward(const LayerTensors& p, const LayerCall& call, bool keep_for_backward);
+
+// dout (T, B, H) and dh_n (B, H) may be undefined (no gradient reached that output); T: the sequence length
+LayerGrads gru_backward(const at::Tensor& dout, const at::Tensor& dh_n, const LayerTensors& p, const LayerCall& call,
+                        const Saved& saved, const GradsNeeded& needed, int64_t T);
+
+// The operators' C++ signatures (their schemas are in gru_ops.cpp), for the callers that go through the
+// dispatcher: the Autograd kernel (gru_autograd.cpp) and the Python binding (bindings.cpp).
+namespace op_signatures {
+using OptTensor = c10::optional<at::Tensor>;
+using Tensors2 = std::tuple<at::Tensor, at::Tensor>;
+using Tensors8 = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor,
+                            at::Tensor>;
+using Tensors9 = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor,
+                            at::Tensor, at::Tensor>;
+// x, h0, w_ih, w_hh, b_ih, b_hh, g_ih, g_hh, recurrent_mask, zoneout_mask, lengths, reset_after, activation,
+// reverse, layer_norm, zoneout, then threads (gru_layer) or chunks (gru_layer_train)
+#define GRUNET_LAYER_PARAMS                                                                                   \
+  const at::Tensor&, const OptTensor&, const at::Tensor&, const at::Tensor&, const OptTensor&, const OptTensor&, \
+      const OptTensor&, const OptTensor&, const OptTensor&, const OptTensor&, const OptTensor&, bool, int64_t,  \
+      bool, bool, double
+using Layer = Tensors2(GRUNET_LAYER_PARAMS, int64_t);
+using LayerTrain = Tensors9(GRUNET_LAYER_PARAMS, int64_t);
+using LayerDoubleBackward = Tensors8(const OptTensor&, const OptTensor&, GRUNET_LAYER_PARAMS);
+#undef GRUNET_LAYER_PARAMS
+// dout, dh_n, w_ih, w_hh, g_ih, g_hh, recurrent_mask, zoneout_mask, lengths, the seven saved tensors,
+// reset_after, activation, reverse, layer_norm, zoneout, has_b_ih, has_b_hh, need_dx, need_dh0, need_weights,
+// chunks, T
+using LayerBackward = Tensors8(const OptTensor&, const OptTensor&, const at::Tensor&, const at::Tensor&,
+                               const OptTensor&, const OptTensor&, const OptTensor&, const OptTensor&,
+                               const OptTensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                               const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, bool,
+                               int64_t, bool, bool, double, bool, bool, bool, bool, bool, int64_t, c10::SymInt);
+}  // namespace op_signatures
+
+// The typed handle of the operator grunet::<name> (defined in gru_ops.cpp).
+template <typename Signature>
+c10::TypedOperatorHandle<Signature> find_op(const char* name) {
+  return c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<Signature>();
+}
 
 // Dispatch a runtime activation code to a template argument.
 template <typename F>

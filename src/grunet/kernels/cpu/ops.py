@@ -1,10 +1,12 @@
 """What Python adds to the operators of the fused CPU GRU (gru_ops.cpp, gru_autograd.cpp).
 
     fake implementations  the output shapes of grunet::gru_layer, gru_layer_train and gru_layer_backward
-                          without computing them: torch.compile and torch.export trace with these
+                          without computing them: torch.compile and torch.export trace with these (the
+                          saved tensors' layout comes from the kernel: ext.saved_columns)
     double backward       grunet::gru_layer_double_backward, the gradients recomputed with the reference
-                          loop inside autograd, so that create_graph=True gives differentiable gradients
-                          (the fused backward is not itself differentiable)
+                          loop inside autograd (gains and masks included), so that create_graph=True gives
+                          differentiable gradients (the fused backward is not itself differentiable)
+    ONNX symbolic         the plain cell as the ONNX GRU operator; the cell options ONNX lacks are refused
 
 ``register(ext)`` runs once, after the extension (which defines the operators) is loaded.
 """
@@ -16,7 +18,8 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from ...contract import NO_MASKS, CellSpec, LayerWeights
+from ...contract import CellSpec, LayerWeights, Masks
+from ...errors import GrunetError
 
 ACTIVATION_NAMES = ("sigmoid", "hard_sigmoid_keras2", "hard_sigmoid_keras3")  # by the kernel's activation code
 
@@ -29,16 +32,22 @@ def _empty(like: Tensor) -> Tensor:
 
 
 def double_backward(dout: Optional[Tensor], dh_n: Optional[Tensor], x: Tensor, h0: Optional[Tensor], w_ih: Tensor,
-                    w_hh: Tensor, b_ih: Optional[Tensor], b_hh: Optional[Tensor], lengths: Optional[Tensor],
-                    reset_after: bool, activation: int, reverse: bool):
-    """(dx, dh0, dw_ih, dw_hh, db_ih, db_hh) of the layer by the reference loop, themselves differentiable."""
+                    w_hh: Tensor, b_ih: Optional[Tensor], b_hh: Optional[Tensor], g_ih: Optional[Tensor],
+                    g_hh: Optional[Tensor], recurrent_mask: Optional[Tensor], zoneout_mask: Optional[Tensor],
+                    lengths: Optional[Tensor], reset_after: bool, activation: int, reverse: bool, layer_norm: bool,
+                    zoneout: float):
+    """(dx, dh0, dw_ih, dw_hh, db_ih, db_hh, dg_ih, dg_hh) of the layer by the reference loop, themselves
+    differentiable. x and w_hh arrive after input and weight dropout, so the reference gets the two masks
+    the time loop reads and no others."""
     from ...reference import gru_layer
 
-    spec = CellSpec(reset_after=reset_after, activation=ACTIVATION_NAMES[activation], reverse=reverse)
-    inputs = (x, h0, w_ih, w_hh, b_ih, b_hh)
+    spec = CellSpec(reset_after=reset_after, activation=ACTIVATION_NAMES[activation], reverse=reverse,
+                    layer_norm=layer_norm, zoneout=zoneout)
+    masks = Masks(recurrent=recurrent_mask, zoneout=zoneout_mask)
+    inputs = (x, h0, w_ih, w_hh, b_ih, b_hh, g_ih, g_hh)
     wanted = [t for t in inputs if t is not None and t.requires_grad]
     with torch.enable_grad():
-        out, h_n = gru_layer(x, h0, LayerWeights(w_ih, w_hh, b_ih, b_hh), spec, NO_MASKS, lengths)
+        out, h_n = gru_layer(x, h0, LayerWeights(w_ih, w_hh, b_ih, b_hh, g_ih, g_hh), spec, masks, lengths)
         pairs = [(y, g) for y, g in ((out, dout), (h_n, dh_n)) if g is not None]
         grads = torch.autograd.grad([y for y, _ in pairs], wanted, [g for _, g in pairs], create_graph=True,
                                     allow_unused=True, materialize_grads=True) if wanted else ()
@@ -55,26 +64,27 @@ def register(ext: ModuleType) -> None:
     _library = torch.library.Library("grunet", "IMPL")
     _library.impl("gru_layer_double_backward", double_backward, "CompositeImplicitAutograd")
 
-    def padded(H: int, dtype: torch.dtype) -> int:
-        return ext.padded_units(H, dtype == torch.float64)
-
     @torch.library.register_fake("grunet::gru_layer", lib=_library)
-    def _(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reset_after, activation, reverse, threads):
+    def _(x, h0, w_ih, w_hh, b_ih, b_hh, g_ih, g_hh, recurrent_mask, zoneout_mask, lengths, reset_after, activation,
+          reverse, layer_norm, zoneout, threads):
         T, B, _ = x.shape
         H = w_hh.shape[1]
         return x.new_empty((T, B, H)), x.new_empty((B, H))
 
     @torch.library.register_fake("grunet::gru_layer_train", lib=_library)
-    def _(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reset_after, activation, reverse, chunks):
-        T, B, I = x.shape
-        H = w_hh.shape[1]
-        Hp = padded(H, x.dtype)
-        return (x.new_empty((T, B, H)), x.new_empty((B, H)), x.new_empty((T * B, I)), x.new_empty((T * B, 3 * Hp)),
-                x.new_empty((T * B, Hp)), x.new_empty((T * B, Hp)))
+    def _(x, h0, w_ih, w_hh, b_ih, b_hh, g_ih, g_hh, recurrent_mask, zoneout_mask, lengths, reset_after, activation,
+          reverse, layer_norm, zoneout, chunks):
+        T, B, _ = x.shape
+        I, H = w_ih.shape[1], w_hh.shape[1]
+        # the layout is the kernel's (Saved::columns in gru_cpu.h): T*B rows each, an empty tensor where absent
+        saved = [x.new_empty((T * B, c)) if c else x.new_empty((0,))
+                 for c in ext.saved_columns(int(I), int(H), x.dtype == torch.float64, layer_norm)]
+        return (x.new_empty((T, B, H)), x.new_empty((B, H)), *saved)
 
     @torch.library.register_fake("grunet::gru_layer_backward", lib=_library)
-    def _(dout, dh_n, w_ih, w_hh, xs, gates, aux, hprev, lengths, reset_after, activation, reverse, has_b_ih,
-          has_b_hh, need_dx, need_dh0, need_weights, chunks, T):
+    def _(dout, dh_n, w_ih, w_hh, g_ih, g_hh, recurrent_mask, zoneout_mask, lengths, xs, gates, aux, hprev, xhat_x,
+          xhat_h, rstd, reset_after, activation, reverse, layer_norm, zoneout, has_b_ih, has_b_hh, need_dx, need_dh0,
+          need_weights, chunks, T):
         H, I = w_hh.shape[1], w_ih.shape[1]
         B = hprev.shape[0] // T if T else 0
         none = hprev.new_empty((0,))
@@ -83,7 +93,9 @@ def register(ext: ModuleType) -> None:
                 hprev.new_empty((3 * H, I)) if need_weights else none,
                 hprev.new_empty((3 * H, H)) if need_weights else none,
                 hprev.new_empty((3 * H,)) if need_weights and has_b_ih else none,
-                hprev.new_empty((3 * H,)) if need_weights and has_b_hh and reset_after else none)
+                hprev.new_empty((3 * H,)) if need_weights and has_b_hh and reset_after else none,
+                hprev.new_empty((3 * H,)) if need_weights and layer_norm else none,
+                hprev.new_empty((3 * H,)) if need_weights and layer_norm else none)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -94,9 +106,17 @@ ONNX_OPSET = 14  # the lowest opset grunet's own ONNX export writes
 ONNX_HARD_SIGMOID = {1: (0.2, 0.5), 2: (1.0 / 6.0, 0.5)}  # activation code -> (alpha, beta) of HardSigmoid
 
 
-def onnx_gru_layer(g, x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reset_after, activation, reverse, threads):
+def onnx_gru_layer(g, x, h0, w_ih, w_hh, b_ih, b_hh, g_ih, g_hh, recurrent_mask, zoneout_mask, lengths, reset_after,
+                   activation, reverse, layer_norm, zoneout, threads):
     from torch.onnx import symbolic_helper as sh
 
+    # ONNX's GRU has no layer norm, zoneout or recurrent dropout: refuse rather than write another function
+    refused = [name for name, used in (("layer_norm", sh._parse_arg(layer_norm, "b")),
+                                       ("zoneout", sh._parse_arg(zoneout, "f") or not sh._is_none(zoneout_mask)),
+                                       ("recurrent_dropout", not sh._is_none(recurrent_mask))) if used]
+    if refused:
+        raise GrunetError(f"torch.onnx.export: expected a GRU the ONNX GRU operator computes, got one with "
+                          f"{', '.join(refused)} (ONNX has no such operator; export with torch.export instead)")
     reset_after, reverse = sh._parse_arg(reset_after, "b"), sh._parse_arg(reverse, "b")
     activation = sh._parse_arg(activation, "i")
     H = sh._get_tensor_sizes(w_hh)[1]
