@@ -70,10 +70,10 @@ Tensors9 layer_train_cpu(const at::Tensor& x, const OptTensor& h0, const at::Ten
                        layer_call(recurrent_mask, zoneout_mask, lengths, reset_after, activation, reverse, layer_norm,
                                   zoneout, chunks),
                        true);
-  const auto none = at::empty({0}, r.out.options());
+  // each placeholder its own tensor: an operator's outputs may not alias one another
   auto v = r.saved.list();
   for (auto& t : v)
-    if (!t.defined()) t = none;
+    if (!t.defined()) t = at::empty({0}, r.out.options());
   return {r.out, r.h_n, v[0], v[1], v[2], v[3], v[4], v[5], v[6]};
 }
 
@@ -99,8 +99,8 @@ Tensors8 layer_backward_cpu(const OptTensor& dout, const OptTensor& dh_n, const 
                         layer_call(recurrent_mask, zoneout_mask, lengths, reset_after, activation, reverse,
                                    layer_norm, zoneout, chunks),
                         Saved::from_list(saved), needed, T.expect_int());
-  const auto none = at::empty({0}, hprev.options());
-  auto or_none = [&](const at::Tensor& t) { return t.defined() ? t : none; };
+  // each placeholder its own tensor: an operator's outputs may not alias one another
+  auto or_none = [&](const at::Tensor& t) { return t.defined() ? t : at::empty({0}, hprev.options()); };
   return {or_none(g.x),    or_none(g.h0),   or_none(g.w_ih), or_none(g.w_hh),
           or_none(g.b_ih), or_none(g.b_hh), or_none(g.g_ih), or_none(g.g_hh)};
 }
