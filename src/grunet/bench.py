@@ -62,6 +62,21 @@ def make_gru(impl: str, I: int, H: int, batch_first: bool = True) -> nn.Module:
 ADAM_OPTIONS = {"default": {}, "foreach": {"foreach": True}, "fused": {"fused": True}}
 
 
+def classifier_step(gru: nn.Module, x: torch.Tensor, y: torch.Tensor, adam: str):
+    """One training step of the tutorial model around ``gru`` (its last state -> Linear(H, 10), cross-entropy,
+    Adam with ``ADAM_OPTIONS[adam]``), as a function the timers call."""
+    head = nn.Linear(gru.hidden_size, 10)
+    opt = torch.optim.Adam(list(gru.parameters()) + list(head.parameters()), lr=1e-3, **ADAM_OPTIONS[adam])
+
+    def step():
+        opt.zero_grad()
+        out, _ = gru(x)
+        nn.functional.cross_entropy(head(out[:, -1]), y).backward()
+        opt.step()
+
+    return step
+
+
 def training_step(repeats: int, impls=IMPLS, B=50, T=28, I=28, H=75, keras: bool = False,
                   adam: str = "fused") -> Row:
     """(a) the tutorial model's training step: GRU(75) -> Linear(10), cross-entropy, torch.optim.Adam of the
@@ -72,16 +87,7 @@ def training_step(repeats: int, impls=IMPLS, B=50, T=28, I=28, H=75, keras: bool
     row = Row(f"train step B={B} T={T} I={I} H={H}, Adam {adam}")
     steps = {}
     for impl in impls:
-        gru, head = make_gru(impl, I, H), nn.Linear(H, 10)
-        opt = torch.optim.Adam(list(gru.parameters()) + list(head.parameters()), lr=1e-3, **ADAM_OPTIONS[adam])
-
-        def step(gru=gru, head=head, opt=opt):
-            opt.zero_grad()
-            out, _ = gru(x)
-            nn.functional.cross_entropy(head(out[:, -1]), y).backward()
-            opt.step()
-
-        steps[impl] = step
+        steps[impl] = classifier_step(make_gru(impl, I, H), x, y, adam)
     for impl in steps:  # warm every model before timing any
         median_ms(steps[impl], 1, warmup=10)
     # round robin: each repeat times every implementation once, so that drift in the machine's speed
@@ -110,10 +116,10 @@ class LayerNormGRULoop(nn.Module):
         super().__init__()
         self.ih, self.hh = nn.Linear(I, 3 * H, bias=False), nn.Linear(H, 3 * H, bias=False)
         self.ln_ih, self.ln_hh = nn.LayerNorm(3 * H), nn.LayerNorm(3 * H)
-        self.H = H
+        self.hidden_size = H
 
     def forward(self, x):  # x (B, T, I) -> (output (B, T, H), None)
-        h = x.new_zeros(x.shape[0], self.H)
+        h = x.new_zeros(x.shape[0], self.hidden_size)
         gx_all = self.ln_ih(self.ih(x))  # the input side of every step at once, as a careful user would
         outs = []
         for t in range(x.shape[1]):
@@ -146,17 +152,7 @@ def cells_training_step(repeats: int, B=50, T=28, I=28, H=75, adam: str = "fused
     steps = {}
     for name, make in CELL_CASES.items():
         torch.manual_seed(0)
-        gru, head = make(I, H), nn.Linear(H, 10)
-        gru.train()
-        opt = torch.optim.Adam(list(gru.parameters()) + list(head.parameters()), lr=1e-3, **ADAM_OPTIONS[adam])
-
-        def step(gru=gru, head=head, opt=opt):
-            opt.zero_grad()
-            out, _ = gru(x)
-            nn.functional.cross_entropy(head(out[:, -1]), y).backward()
-            opt.step()
-
-        steps[name] = step
+        steps[name] = classifier_step(make(I, H).train(), x, y, adam)
     for step in steps.values():
         median_ms(step, 1, warmup=10)
     times: dict[str, list[float]] = {name: [] for name in steps}

@@ -20,12 +20,7 @@
 namespace grunet {
 namespace {
 
-using OptTensor = c10::optional<at::Tensor>;
-using Tensors2 = std::tuple<at::Tensor, at::Tensor>;
-using Tensors8 = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor,
-                            at::Tensor>;
-using Tensors9 = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor,
-                            at::Tensor, at::Tensor>;
+using namespace op_signatures;  // OptTensor, Tensors2/8/9: the operators' C++ types (gru_cpu.h)
 
 LayerTensors layer_tensors(const at::Tensor& x, const OptTensor& h0, const at::Tensor& w_ih, const at::Tensor& w_hh,
                            const OptTensor& b_ih, const OptTensor& b_hh, const OptTensor& g_ih, const OptTensor& g_hh) {
