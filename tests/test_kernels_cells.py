@@ -280,3 +280,17 @@ def test_batch_split_over_threads_equals_reference(built, option, training):
         cpu.set_threads(None)
     for name in ref:
         assert_close(fused[name], ref[name], 1e-10, name)
+
+
+@pytest.mark.parametrize("H", [1, 2, 3, 16, 17])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_zoneout_mask_read_in_place_for_any_hidden_size(built, H, dtype):
+    """The kernel reads zoneout's (T, B, H) mask rows in place, Hp units at a time, and pads only the last
+    rows (for H = 1 a padded row spans up to 16 mask rows): every hidden size gives the reference's values and
+    gradients, with the layer norm's whole-row passes too."""
+    spec = CellSpec(zoneout=0.3, layer_norm=True, recurrent_dropout=0.2)
+    T, B, I = 5, 3, 2
+    ref = run(reference.gru_layer, layer_case(T, B, I, H, dtype, spec, 4, True), spec)
+    fused = run(cpu.gru_layer, layer_case(T, B, I, H, dtype, spec, 4, True), spec)
+    for name in ref:
+        assert_close(fused[name], ref[name], TOL[dtype], name)

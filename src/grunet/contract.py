@@ -111,6 +111,27 @@ class LayerWeights:
         return self.w_ih, self.w_hh, self.b_ih, self.b_hh
 
 
+def bernoulli(q: float, shape: tuple, like: Tensor) -> Tensor:
+    """A tensor of ``shape`` with ``like``'s dtype and device, each value 1 with probability ``q`` (0 < q < 1,
+    rounded to a multiple of 2^-32) and else 0, from torch's default generator on that device.
+
+    Each 64-bit draw of the generator gives two values (its two 32-bit halves compared with a threshold):
+    zoneout's (T, B, H) mask takes half the draws and about 60% of the time of ``Tensor.bernoulli_``, which
+    draws one number per value.
+    """
+    if torch.jit.is_tracing():  # jit.trace and the TorchScript ONNX exporter: ONNX's Bernoulli operator
+        return torch.bernoulli(torch.full(shape, q, dtype=like.dtype, device=like.device))
+    n = math.prod(shape)
+    threshold = round(q * 2**32)  # u < round(q 2^32) for u uniform on [0, 2^32)
+    if threshold >= 2**32:  # q within 2^-33 of 1
+        return torch.ones(shape, dtype=like.dtype, device=like.device)
+    # out-of-place arithmetic only: torch.compile and torch.jit.trace take it as it is
+    words = torch.randint(-2**63, 2**63 - 1, ((n + 1) // 2,), dtype=torch.int64, device=like.device)
+    low = (words & 0xFFFFFFFF) < threshold  # the low 32 bits, uniform on [0, 2^32)
+    high = (words >> 32) < threshold - 2**31  # the high 32 bits, signed: uniform on [-2^31, 2^31)
+    return torch.stack((low, high), -1).view(-1)[:n].view(shape).to(like.dtype)
+
+
 @dataclass(frozen=True)
 class Masks:
     """The masks of one training call (shapes for x (T, B, I), hidden size H); None where an option is off.
@@ -133,7 +154,7 @@ class Masks:
         def keep(p: float, *shape: int, scaled: bool = True) -> Optional[Tensor]:
             if not p:
                 return None
-            m = torch.empty(shape, dtype=like.dtype, device=like.device).bernoulli_(1 - p)
+            m = bernoulli(1 - p, shape, like)
             return m.div_(1 - p) if scaled else m
 
         return Masks(input=keep(spec.input_dropout, B, I), recurrent=keep(spec.recurrent_dropout, B, H),

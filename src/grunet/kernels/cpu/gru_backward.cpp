@@ -40,11 +40,8 @@ struct Bwd {
   bool reverse = false, reset_after = true, has_b_ih = false, has_b_hh = false;
   bool need_dx = false, need_dh0 = false, need_weights = false;
   bool layer_norm = false;
-  const S* gain_x = nullptr;      // layer_norm: (3Hp) g_ih
-  const S* gain_h = nullptr;      // layer_norm: (3Hp) g_hh
-  const S* rec_mask = nullptr;    // recurrent dropout: (B, Hp)
-  const S* zone_mask = nullptr;   // zoneout in training: (T * B, Hp), row t * B + b
-  const S* zone_keep = nullptr;   // zoneout in eval: (Hp) all 1 - p
+  const CellVectors<S>* cv = nullptr;  // the gains, masks and zoneout shares in the padded layout
+  const S* rec_mask = nullptr;    // cv->rec_mask: recurrent dropout's (B, Hp) mask, or nullptr
   const S* dout = nullptr;        // (T, B, H) with strides (dsT, dsB, 1), or nullptr: no gradient reached the outputs
   int64_t dsT = 0, dsB = 0;
   const S* xs = nullptr;          // chunk-major (T*B, I)
@@ -74,8 +71,6 @@ struct Bwd {
   // product, whose zero rows would add 0 * inf = NaN to a state that passed through; else nullptr
   S* dh_keep = nullptr;
 
-  const S* zone_of(int64_t t, int64_t b) const { return zone_mask ? zone_mask + (t * B + b) * Hp : zone_keep; }
-
   // one step backwards; `last`: the step that reads h0 (its dh_prev is dh0)
   template <int ACT, bool RESET_AFTER>
   void step(int64_t t, int64_t b0, int64_t nb, bool last) const {
@@ -97,7 +92,7 @@ struct Bwd {
 #pragma omp simd
         for (int64_t j = 0; j < H; ++j) d[j] += dO[j];
       }
-      const S* k = zone_of(t, b);
+      const S* k = cv->zone_of(t, b, B);
       S* __restrict dd = k ? dh_direct + b * Hp : nullptr;
       if (k) {  // zoneout h' = h + k (h~ - h): dh~ = k dh', and h itself gets dh' - k dh'
 #pragma omp simd
@@ -126,9 +121,8 @@ struct Bwd {
           d[j] = dhj * z;
         }
         if (layer_norm) {  // dG_h through gh's norm: the gradient of the W_hh h_in product
-          S* dp = dP_h + row * H3;
-          std::copy(dg, dg + H3, dp);
-          layer_norm_backward_row(dp, xhat_h + row * H3, rstd[row * 2 + 1], gain_h, H, Hp);
+          layer_norm_backward_row(dg, dg + 2 * Hp, dP_h + row * H3, xhat_h + row * H3, rstd[row * 2 + 1], cv->gain_h,
+                                  cv->unit, H, Hp);
         }
       } else {
 #pragma omp simd
@@ -247,12 +241,23 @@ struct Bwd {
     // (read where they are rather than copied over dG_h's n block)
     const S* dGn = reset_after ? da_n + base * Hp : dGc + 2 * Hp;
     const int64_t ldn = reset_after ? Hp : H3;
-    if (layer_norm) {  // dP_x: dG_x through G's norm, in one buffer (its n block from da_n)
+    if (layer_norm) {
+      // dP_x: dG_x through G's norm, in one buffer (its n block from da_n); in the same pass over the rows the
+      // gains' gradients dg_ih = sum dG_x xhat_x and dg_hh = sum dG_h xhat_h (dG is read once, not three times)
+      GateRowSums<S> dgx(Hp), dgh(Hp);
       for (int64_t i = 0; i < rows; ++i) {
-        S* dp = dP_x + (base + i) * H3;
-        std::copy(dGc + i * H3, dGc + i * H3 + 2 * Hp, dp);
-        std::copy(dGn + i * ldn, dGn + i * ldn + Hp, dp + 2 * Hp);
-        layer_norm_backward_row(dp, xhat_x + (base + i) * H3, rstd[(base + i) * 2], gain_x, H, Hp);
+        const S* d01 = dGc + i * H3;
+        const S* d2 = dGn + i * ldn;
+        const S* xx = xhat_x + (base + i) * H3;
+        layer_norm_backward_row(d01, d2, dP_x + (base + i) * H3, xx, rstd[(base + i) * 2], cv->gain_x, cv->unit, H, Hp);
+        if (need_weights) {
+          dgx.add_product(d01, d2, xx);
+          dgh.add_product(d01, d01 + 2 * Hp, xhat_h + (base + i) * H3);
+        }
+      }
+      if (need_weights) {
+        dgx.write(dg_ih + c * 3 * H, H);
+        dgh.write(dg_hh + c * 3 * H, H);
       }
     }
     // what multiplies x and W_ih: gate blocks 0, 1 of (Dx01, ld H3) and block 2 of (Dx2, ldx2)
@@ -290,13 +295,6 @@ struct Bwd {
         else
           gate_column_sums(dGc, rows, H3, 2, H, Hp, dbi);
         gate_column_sums(dGn, rows, ldn, 1, H, Hp, dbi + 2 * H);
-      }
-      if (layer_norm) {  // dg = sum of dG * xhat over the rows
-        S* dgi = dg_ih + c * 3 * H;
-        const S* xx = xhat_x + base * H3;
-        gate_column_sums<S, true>(dGc, rows, H3, 2, H, Hp, dgi, xx, H3);
-        gate_column_sums<S, true>(dGn, rows, ldn, 1, H, Hp, dgi + 2 * H, xx + 2 * Hp, H3);
-        gate_column_sums<S, true>(dGc, rows, H3, 3, H, Hp, dg_hh + c * 3 * H, xhat_h + base * H3, H3);
       }
     }
     if (need_dx) {
@@ -397,19 +395,13 @@ LayerGrads gru_backward(const at::Tensor& dout_in, const at::Tensor& dh_n, const
     S* d = dh.data_ptr<S>();
     const S* d_in = dh_in.defined() ? dh_in.data_ptr<S>() : nullptr;
     auto ptr = [](const at::Tensor& t) { return t.defined() ? t.data_ptr<S>() : nullptr; };
-    std::vector<S> gain_x, gain_h, rec_mask, zone_mask, zone_keep;
-    if (layer_norm) gain_x = pad_gates(gi.data_ptr<S>(), 3, H, Hp), gain_h = pad_gates(gh.data_ptr<S>(), 3, H, Hp);
-    if (m_h.defined()) rec_mask = pad_rows<S>(m_h, B, H, Hp);
-    if (m_z.defined()) zone_mask = pad_rows<S>(m_z, T * B, H, Hp);
-    else if (zoneout) zone_keep.assign(Hp, S(1.0 - cell.zoneout));
-    auto vptr = [](std::vector<S>& v) { return v.empty() ? nullptr : v.data(); };
+    const CellVectors<S> cv(layer_norm, cell.zoneout, gi, gh, m_h, m_z, T, B, H, Hp);
     Bwd<S> bw0;
     bw0.T = T, bw0.B = B, bw0.I = I, bw0.H = H, bw0.Hp = Hp;
     bw0.w_ih = w_ih.data_ptr<S>(), bw0.len = len.defined() ? len.data_ptr<int64_t>() : nullptr;
     bw0.reverse = cell.reverse, bw0.reset_after = reset_after, bw0.has_b_ih = has_b_ih, bw0.has_b_hh = has_b_hh;
     bw0.need_dx = need_dx, bw0.need_dh0 = need_dh0, bw0.need_weights = need_weights;
-    bw0.layer_norm = layer_norm, bw0.gain_x = vptr(gain_x), bw0.gain_h = vptr(gain_h);
-    bw0.rec_mask = vptr(rec_mask), bw0.zone_mask = vptr(zone_mask), bw0.zone_keep = vptr(zone_keep);
+    bw0.layer_norm = layer_norm, bw0.cv = &cv, bw0.rec_mask = cv.rec_mask;
     bw0.dout = ptr(dout), bw0.dsT = dout.defined() ? dout.stride(0) : 0, bw0.dsB = dout.defined() ? dout.stride(1) : 0;
     bw0.xs = ptr(sv.xs), bw0.gates = ptr(sv.gates), bw0.aux = ptr(sv.aux), bw0.hprev = ptr(hprev);
     bw0.xhat_x = ptr(sv.xhat_x), bw0.xhat_h = ptr(sv.xhat_h), bw0.rstd = ptr(sv.rstd);

@@ -351,31 +351,24 @@ class BufferPool {
   }
 };
 
-// Column sums of a (rows, G * Hp) row-major matrix of padded gate blocks into out (G * H,); with PRODUCT,
-// of its elementwise product with b (same layout, row stride ldb). A bias gradient sums T*B terms, and
-// float accumulation over all of them would lose ~1e-5; blocks of 16 rows are summed in S and the block
-// sums in double (a conversion per value cost ~4% of the backward).
-template <typename S, bool PRODUCT = false>
-inline void gate_column_sums(const S* a, int64_t rows, int64_t lda, int64_t G, int64_t H, int64_t Hp, S* out,
-                             const S* b = nullptr, int64_t ldb = 0) {
-  constexpr int64_t kBlock = 16;
+// Column sums of a (rows, G * Hp) row-major matrix of padded gate blocks into out (G * H,). A bias gradient
+// sums T*B terms, and float accumulation over all of them would lose ~1e-5; blocks of kSumBlock rows are
+// summed in S and the block sums in double (a conversion per value cost ~4% of the backward).
+constexpr int64_t kSumBlock = 16;
+
+template <typename S>
+inline void gate_column_sums(const S* a, int64_t rows, int64_t lda, int64_t G, int64_t H, int64_t Hp, S* out) {
   const int64_t cols = G * Hp;
   std::vector<double> acc(cols, 0.0);
   std::vector<S> part(cols);
   double* __restrict s = acc.data();
   S* __restrict p = part.data();
-  for (int64_t i0 = 0; i0 < rows; i0 += kBlock) {
+  for (int64_t i0 = 0; i0 < rows; i0 += kSumBlock) {
     std::fill(p, p + cols, S(0));
-    for (int64_t i = i0; i < std::min(rows, i0 + kBlock); ++i) {
+    for (int64_t i = i0; i < std::min(rows, i0 + kSumBlock); ++i) {
       const S* __restrict r = a + i * lda;
-      if constexpr (PRODUCT) {
-        const S* __restrict q = b + i * ldb;
 #pragma omp simd
-        for (int64_t j = 0; j < cols; ++j) p[j] += r[j] * q[j];
-      } else {
-#pragma omp simd
-        for (int64_t j = 0; j < cols; ++j) p[j] += r[j];
-      }
+      for (int64_t j = 0; j < cols; ++j) p[j] += r[j];
     }
 #pragma omp simd
     for (int64_t j = 0; j < cols; ++j) s[j] += (double)p[j];
@@ -383,6 +376,43 @@ inline void gate_column_sums(const S* a, int64_t rows, int64_t lda, int64_t G, i
   for (int64_t g = 0; g < G; ++g)
     for (int64_t u = 0; u < H; ++u) out[g * H + u] = (S)s[g * Hp + u];
 }
+
+// The column sums of elementwise products d * xhat of padded gate rows (3 Hp) added one row at a time, for a
+// pass over the rows that reads them anyway; summed as gate_column_sums (S per kSumBlock rows, then double).
+template <typename S>
+class GateRowSums {
+ public:
+  explicit GateRowSums(int64_t Hp) : Hp_(Hp), acc_(3 * Hp, 0.0), part_(3 * Hp, S(0)) {}
+
+  // += d * xhat, d's blocks r, z from d01 and n from d2
+  void add_product(const S* d01, const S* d2, const S* xhat) {
+    S* __restrict p = part_.data();
+    const S* __restrict a = d01;
+    const S* __restrict b = d2;
+    const S* __restrict x = xhat;
+#pragma omp simd
+    for (int64_t j = 0; j < 2 * Hp_; ++j) p[j] += a[j] * x[j];
+#pragma omp simd
+    for (int64_t j = 0; j < Hp_; ++j) p[2 * Hp_ + j] += b[j] * x[2 * Hp_ + j];
+    if (++rows_ == kSumBlock) flush();
+  }
+
+  // out (3H,): the sums of the real units
+  void write(S* out, int64_t H) {
+    flush();
+    for (int64_t g = 0; g < 3; ++g)
+      for (int64_t u = 0; u < H; ++u) out[g * H + u] = (S)acc_[g * Hp_ + u];
+  }
+
+ private:
+  void flush() {
+    for (size_t j = 0; j < part_.size(); ++j) acc_[j] += (double)part_[j], part_[j] = S(0);
+    rows_ = 0;
+  }
+  int64_t Hp_, rows_ = 0;
+  std::vector<double> acc_;
+  std::vector<S> part_;
+};
 
 // ----------------------------------------------------------------------------------------------------
 // The gate pass: the per-unit math of a step, written once for the training forward (Fwd) and the
@@ -413,71 +443,73 @@ inline S zoneout_update(S h, S h_tilde, S k) {
 
 // Layer norm of one gate row (three blocks of H units, Hp apart) in place, as F.layer_norm over the 3H real
 // units (biased variance, eps 1e-5): v = (v - mean) rstd * gain + shift; gain and shift padded to 3 Hp.
-// xhat, when given, receives (v - mean) rstd. Padding units come out 0. Returns rstd.
+// xhat, when given, receives (v - mean) rstd. unit (3 Hp) is 1 on a unit and 0 on padding: each pass runs
+// over the whole padded row in whole vectors (no tail per gate block), the statistics skip the padding, and
+// the padding comes out 0. The sums use explicit vector accumulators: GCC keeps an `omp simd reduction`'s
+// partial sums in memory, a store-to-load chain per vector that cost more than the rest of the row.
 constexpr double kLayerNormEps = 1e-5;
 
+namespace vec {
 template <typename S>
-inline S layer_norm_row(S* v, int64_t H, int64_t Hp, const S* gain, const S* shift, S* xhat) {
-  S sum = S(0);
-  for (int64_t g = 0; g < 3; ++g) {
-    const S* __restrict b = v + g * Hp;
-#pragma omp simd reduction(+ : sum)
-    for (int64_t j = 0; j < H; ++j) sum += b[j];
+using V = typename Vec<S>::type;
+template <typename S>
+inline V<S> load(const S* p) { return *reinterpret_cast<const typename Vec<S>::type_u*>(p); }
+template <typename S>
+inline void store(S* p, const V<S>& v) { *reinterpret_cast<typename Vec<S>::type_u*>(p) = v; }
+template <typename S>
+inline S sum(const V<S>& v) {
+  S s = S(0);
+  for (int i = 0; i < Vec<S>::kWidth; ++i) s += v[i];
+  return s;
+}
+}  // namespace vec
+
+template <typename S>
+inline S layer_norm_row(S* v, const S* unit, int64_t H, int64_t Hp, const S* gain, const S* shift, S* xhat) {
+  using V = vec::V<S>;
+  constexpr int64_t W = Vec<S>::kWidth;
+  const int64_t n = 3 * Hp;  // whole vectors (padded_units)
+  const V zero = {};
+  V acc = zero;
+  for (int64_t j = 0; j < n; j += W) acc += vec::load(unit + j) != S(0) ? vec::load(v + j) : zero;
+  const S mean = vec::sum<S>(acc) / S(3 * H);
+  acc = zero;
+  for (int64_t j = 0; j < n; j += W) {
+    const V c = vec::load(unit + j) != S(0) ? vec::load(v + j) - mean : zero;
+    acc += c * c;
   }
-  const S mean = sum / S(3 * H);
-  S ss = S(0);
-  for (int64_t g = 0; g < 3; ++g) {
-    const S* __restrict b = v + g * Hp;
-#pragma omp simd reduction(+ : ss)
-    for (int64_t j = 0; j < H; ++j) ss += (b[j] - mean) * (b[j] - mean);
-  }
-  const S rstd = S(1) / std::sqrt(ss / S(3 * H) + S(kLayerNormEps));
-  for (int64_t g = 0; g < 3; ++g) {
-    S* __restrict b = v + g * Hp;
-    const S* __restrict gg = gain + g * Hp;
-    const S* __restrict sh = shift + g * Hp;
-    S* __restrict xh = xhat ? xhat + g * Hp : nullptr;
-    if (xh) {
-#pragma omp simd
-      for (int64_t j = 0; j < H; ++j) {
-        const S u = (b[j] - mean) * rstd;
-        xh[j] = u;
-        b[j] = u * gg[j] + sh[j];
-      }
-      std::fill(xh + H, xh + Hp, S(0));
-    } else {
-#pragma omp simd
-      for (int64_t j = 0; j < H; ++j) b[j] = (b[j] - mean) * rstd * gg[j] + sh[j];
-    }
-    std::fill(b + H, b + Hp, S(0));
+  const S rstd = S(1) / std::sqrt(vec::sum<S>(acc) / S(3 * H) + S(kLayerNormEps));
+  for (int64_t j = 0; j < n; j += W) {
+    const auto real = vec::load(unit + j) != S(0);
+    const V u = real ? (vec::load(v + j) - mean) * rstd : zero;
+    if (xhat) vec::store(xhat + j, u);
+    vec::store(v + j, real ? u * vec::load(gain + j) + vec::load(shift + j) : zero);
   }
   return rstd;
 }
 
-// The layer norm's backward of one row in place: d = dL/d(LN output) in, dL/d(its input) out,
-//   d <- rstd (d g - mean(d g) - xhat mean(d g xhat))   over the 3H real units; padding 0
+// The layer norm's backward of one row: d = dL/d(LN output), read from d01 (blocks r, z) and d2 (block n),
+// gives out = dL/d(its input) over the 3H real units (unit as above; padding 0):
+//   out = rstd (d g - mean(d g) - xhat mean(d g xhat))
+// (two sources: the input side's n block comes from another buffer, read in place rather than copied)
 template <typename S>
-inline void layer_norm_backward_row(S* d, const S* xhat, S rstd, const S* gain, int64_t H, int64_t Hp) {
-  S s1 = S(0), s2 = S(0);
-  for (int64_t g = 0; g < 3; ++g) {
-    const S* __restrict b = d + g * Hp;
-    const S* __restrict gg = gain + g * Hp;
-    const S* __restrict xh = xhat + g * Hp;
-#pragma omp simd reduction(+ : s1, s2)
-    for (int64_t j = 0; j < H; ++j) {
-      const S u = b[j] * gg[j];
-      s1 += u;
-      s2 += u * xh[j];
-    }
+inline void layer_norm_backward_row(const S* d01, const S* d2, S* out, const S* xhat, S rstd, const S* gain,
+                                    const S* unit, int64_t H, int64_t Hp) {
+  using V = vec::V<S>;
+  constexpr int64_t W = Vec<S>::kWidth;
+  const int64_t n = 3 * Hp;
+  auto d = [&](int64_t j) { return j < 2 * Hp ? vec::load(d01 + j) : vec::load(d2 + j - 2 * Hp); };
+  const V zero = {};
+  V a1 = zero, a2 = zero;
+  for (int64_t j = 0; j < n; j += W) {
+    const V u = vec::load(unit + j) != S(0) ? d(j) * vec::load(gain + j) : zero;
+    a1 += u;
+    a2 += u * vec::load(xhat + j);
   }
-  const S m1 = s1 / S(3 * H), m2 = s2 / S(3 * H);
-  for (int64_t g = 0; g < 3; ++g) {
-    S* __restrict b = d + g * Hp;
-    const S* __restrict gg = gain + g * Hp;
-    const S* __restrict xh = xhat + g * Hp;
-#pragma omp simd
-    for (int64_t j = 0; j < H; ++j) b[j] = rstd * (b[j] * gg[j] - m1 - xh[j] * m2);
-    std::fill(b + H, b + Hp, S(0));
+  const S m1 = vec::sum<S>(a1) / S(3 * H), m2 = vec::sum<S>(a2) / S(3 * H);
+  for (int64_t j = 0; j < n; j += W) {
+    const V r = rstd * (d(j) * vec::load(gain + j) - m1 - vec::load(xhat + j) * m2);
+    vec::store(out + j, vec::load(unit + j) != S(0) ? r : zero);
   }
 }
 
@@ -489,6 +521,57 @@ inline std::vector<S> pad_rows(const at::Tensor& t, int64_t rows, int64_t H, int
   for (int64_t i = 0; i < rows; ++i) std::copy(p + i * H, p + (i + 1) * H, v.data() + i * Hp);
   return v;
 }
+
+// The cell options' per-unit vectors of one layer call in the padded layout, built the same way for the
+// forward and the backward from the gains and masks (already in the call's dtype, contiguous; undefined when
+// absent; the zoneout mask is read in place and must outlive this). Not copyable: it points into itself.
+template <typename S>
+class CellVectors {
+ public:
+  const S* gain_x = nullptr;     // layer_norm: (3Hp) g_ih, 0 on padding
+  const S* gain_h = nullptr;     // layer_norm: (3Hp) g_hh, 0 on padding
+  const S* unit = nullptr;       // layer_norm: (3Hp) 1 on a unit, 0 on padding (see layer_norm_row)
+  const S* rec_mask = nullptr;   // recurrent dropout: (B, Hp)
+
+  CellVectors(bool layer_norm, double zoneout, const at::Tensor& g_ih, const at::Tensor& g_hh, const at::Tensor& m_h,
+              const at::Tensor& m_z, int64_t T, int64_t B, int64_t H, int64_t Hp)
+      : rows_(T * B), H_(H), Hp_(Hp) {
+    if (layer_norm) {
+      gain_x_ = pad_gates(g_ih.data_ptr<S>(), 3, H, Hp), gain_h_ = pad_gates(g_hh.data_ptr<S>(), 3, H, Hp);
+      const std::vector<S> ones(3 * H, S(1));
+      unit_ = pad_gates(ones.data(), 3, H, Hp);
+    }
+    if (m_h.defined()) rec_mask_ = pad_rows<S>(m_h, B, H, Hp);
+    if (m_z.defined() && rows_ > 0) {
+      zone_mask_ = m_z.data_ptr<S>();
+      // the last rows, padded: a pass over Hp units reads no further than the mask's end
+      tail_ = std::max<int64_t>(0, rows_ - (Hp + H - 1) / H);
+      zone_tail_.assign((rows_ - tail_) * Hp, S(0));
+      for (int64_t r = tail_; r < rows_; ++r)
+        std::copy(zone_mask_ + r * H, zone_mask_ + (r + 1) * H, zone_tail_.begin() + (r - tail_) * Hp);
+    } else if (zoneout > 0) {
+      zone_keep_.assign(Hp, S(1.0 - zoneout));
+    }
+    auto ptr = [](const std::vector<S>& v) { return v.empty() ? nullptr : v.data(); };
+    gain_x = ptr(gain_x_), gain_h = ptr(gain_h_), unit = ptr(unit_), rec_mask = ptr(rec_mask_);
+  }
+  CellVectors(const CellVectors&) = delete;
+  CellVectors& operator=(const CellVectors&) = delete;
+
+  // zoneout's share of the new state for row b at step t, Hp values (training: the (T, B, H) mask's row read
+  // in place, its units past H the next row's 0s and 1s, which meet only padding; eval: 1 - p), or nullptr
+  // without zoneout. (Padding a copy of the mask cost ~5% of a zoneout step.)
+  const S* zone_of(int64_t t, int64_t b, int64_t B) const {
+    if (!zone_mask_) return zone_keep_.empty() ? nullptr : zone_keep_.data();
+    const int64_t row = t * B + b;
+    return row < tail_ ? zone_mask_ + row * H_ : zone_tail_.data() + (row - tail_) * Hp_;
+  }
+
+ private:
+  int64_t rows_, H_, Hp_, tail_ = 0;
+  const S* zone_mask_ = nullptr;
+  std::vector<S> gain_x_, gain_h_, unit_, rec_mask_, zone_tail_, zone_keep_;
+};
 
 // ----------------------------------------------------------------------------------------------------
 // The contract of one layer call, as grunet.contract describes it (CellSpec, LayerWeights, Masks). The

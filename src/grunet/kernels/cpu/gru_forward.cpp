@@ -45,11 +45,7 @@ struct Fwd {
   const int64_t* len = nullptr;     // (B,) or nullptr
   bool reverse = false, training = false, h0_zero = false;
   bool layer_norm = false;
-  const S* gain_x = nullptr;        // layer_norm: (3Hp) g_ih
-  const S* gain_h = nullptr;        // layer_norm: (3Hp) g_hh
-  const S* rec_mask = nullptr;      // recurrent dropout: (B, Hp)
-  const S* zone_mask = nullptr;     // zoneout in training: (T * B, Hp), row t * B + b
-  const S* zone_keep = nullptr;     // zoneout in eval: (Hp) all 1 - p
+  const CellVectors<S>* cv = nullptr;  // the gains, masks and zoneout shares in the padded layout
   S* out = nullptr;                 // (T, B, H) user layout
   S* h_n = nullptr;                 // (B, H) user layout: h0 in, h_n out
   S* xs = nullptr;                  // training, chunk-major (T*B, I)
@@ -101,13 +97,13 @@ struct Fwd {
       else W_x->mul(nb, x + t * sT + b0 * sB, sB, G_inf, H3, false, bx);
       if (layer_norm)
         for (int64_t i = 0; i < nb; ++i) {
-          const S rs = layer_norm_row(g_all + i * H3, H, Hp, gain_x, bias_x, training ? xhat_x + (row + i) * H3 : nullptr);
+          const S rs = layer_norm_row(g_all + i * H3, cv->unit, H, Hp, cv->gain_x, bias_x, training ? xhat_x + (row + i) * H3 : nullptr);
           if (training) rstd[(row + i) * 2] = rs;
         }
       const S* hin_all = hp_all;  // what the recurrent products read
-      if (rec_mask) {
+      if (cv->rec_mask) {
         for (int64_t i = 0; i < nb; ++i) {
-          const S* __restrict m = rec_mask + (b0 + i) * Hp;
+          const S* __restrict m = cv->rec_mask + (b0 + i) * Hp;
           const S* __restrict hp = hp_all + i * Hp;
           S* __restrict hm = h_in_buf + i * Hp;
 #pragma omp simd
@@ -126,7 +122,7 @@ struct Fwd {
       }
       if (layer_norm)
         for (int64_t i = 0; i < nb; ++i) {
-          const S rs = layer_norm_row(gh + i * H3, H, Hp, gain_h, bias_h, training ? xhat_h + (row + i) * H3 : nullptr);
+          const S rs = layer_norm_row(gh + i * H3, cv->unit, H, Hp, cv->gain_h, bias_h, training ? xhat_h + (row + i) * H3 : nullptr);
           if (training) rstd[(row + i) * 2 + 1] = rs;
         }
       if (!RESET_AFTER) {
@@ -165,7 +161,7 @@ struct Fwd {
           }
           continue;
         }
-        const S* k = zone_mask ? zone_mask + (t * B + b) * Hp : zone_keep;  // zoneout's share, or none
+        const S* k = cv->zone_of(t, b, B);  // zoneout's share, or none
         S* a_out = RESET_AFTER && training ? aux + (row + i) * Hp : nullptr;
         // one gate pass, with or without zoneout's step (a compile-time choice: no branch per unit)
         auto pass = [&](auto zone) {
@@ -399,20 +395,14 @@ ForwardResult gru_forward(const LayerTensors& p, const LayerCall& call, bool tra
       std::copy(b_hn.begin(), b_hn.end(), bias_h.data() + 2 * Hp);
     }
     const std::vector<S> bias_x = pad_gates(bias_g.data(), 3, H, Hp);
-    std::vector<S> gain_x, gain_h, rec_mask, zone_mask, zone_keep;
-    if (cell.layer_norm) gain_x = pad_gates(gi.data_ptr<S>(), 3, H, Hp), gain_h = pad_gates(gh_gain.data_ptr<S>(), 3, H, Hp);
-    if (m_h.defined()) rec_mask = pad_rows<S>(m_h, B, H, Hp);
-    if (m_z.defined()) zone_mask = pad_rows<S>(m_z, T * B, H, Hp);
-    else if (zoneout) zone_keep.assign(Hp, S(1.0 - cell.zoneout));
+    const CellVectors<S> cv(cell.layer_norm, cell.zoneout, gi, gh_gain, m_h, m_z, T, B, H, Hp);
     auto ptr = [](at::Tensor& t) { return t.defined() ? t.data_ptr<S>() : nullptr; };
-    auto vptr = [](std::vector<S>& v) { return v.empty() ? nullptr : v.data(); };
     Fwd<S> f;
     f.T = T, f.B = B, f.I = I, f.H = H, f.Hp = Hp;
     f.x = x.data_ptr<S>(), f.sT = x.stride(0), f.sB = x.stride(1);
     f.bias_x = bias_x.data(), f.bias_h = reset_after ? bias_h.data() : nullptr;
     f.len = len_p, f.reverse = reverse, f.training = training, f.h0_zero = h0_zero;
-    f.layer_norm = cell.layer_norm, f.gain_x = vptr(gain_x), f.gain_h = vptr(gain_h);
-    f.rec_mask = vptr(rec_mask), f.zone_mask = vptr(zone_mask), f.zone_keep = vptr(zone_keep);
+    f.layer_norm = cell.layer_norm, f.cv = &cv;
     f.out = out.data_ptr<S>(), f.h_n = h_n.data_ptr<S>();
     f.xs = ptr(sv.xs), f.gates = ptr(sv.gates), f.aux = ptr(sv.aux), f.hprev = ptr(sv.hprev);
     f.xhat_x = ptr(sv.xhat_x), f.xhat_h = ptr(sv.xhat_h), f.rstd = ptr(sv.rstd);
