@@ -24,6 +24,9 @@ from .errors import GrunetError, expect
 
 T = TypeVar("T")
 DEFAULT_TIMEOUT_S = 300  # covers a rank that builds the fused kernel (1-2 min) while the others wait for it
+# words of gloo's and NCCL's errors when a peer dies or a collective times out
+LOST_MARKS = ("gloo/transport", "Connection reset by peer", "Connection closed by peer", "NCCL", "Timed out",
+              "timed out", "DistBackendError")
 ENVIRONMENT = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 
 
@@ -105,8 +108,21 @@ class Group:
 
     def lost(self, error: BaseException) -> GroupLost:
         reason = next((line.strip() for line in str(error).splitlines() if line.strip()), type(error).__name__)
+        if reason.startswith("[") and "] " in reason:  # gloo's "[source.cc:537] Read error ..."
+            reason = reason.split("] ", 1)[1]
+        reason = reason.split(". ")[0]
         return GroupLost(f"rank {self.rank}: expected all {self.world_size} processes of the run to answer, got "
-                         f"one that died or stopped answering ({reason[:200]})")
+                         f"one that died or stopped answering ({reason[:160]})")
+
+    def is_lost(self, error: BaseException) -> bool:
+        """Whether ``error`` is a collective's failure: DistributedDataParallel raises the backend's errors
+        from backward as plain RuntimeErrors, known by the backend's words."""
+        if self.backend is None:
+            return False
+        if isinstance(error, dist.DistError):
+            return True
+        text = str(error)
+        return isinstance(error, RuntimeError) and any(mark in text for mark in LOST_MARKS)
 
 
 SINGLE = Group()
@@ -152,8 +168,13 @@ def process_group(device: str, timeout_s: float = DEFAULT_TIMEOUT_S) -> Iterator
                f"a GPU for each of the {group.local_world_size} processes on this machine",
                f"{torch.cuda.device_count()} GPUs")
         torch.cuda.set_device(group.local_rank)
+    timeout = timedelta(seconds=timeout_s)
     try:
-        dist.init_process_group(group.backend, timeout=timedelta(seconds=timeout_s))
+        store, _, _ = next(dist.rendezvous("env://", timeout=timeout))
+        # torchrun keeps its store across the restarts of --max-restarts: each attempt's keys get their own
+        # prefix, or the restarted processes would read the dead ones' addresses and fail to connect
+        store = dist.PrefixStore(f"grunet/attempt_{group.restart_count}", store)
+        dist.init_process_group(group.backend, store=store, rank=group.rank, world_size=world_size, timeout=timeout)
     except (dist.DistError, RuntimeError, ValueError) as e:
         raise group.lost(e) from None
     try:

@@ -38,7 +38,7 @@ from .checkpoint import architecture_of, check_state_dict, load_checkpoint, save
 from .config import from_dict as config_from_dict
 from .contract import PROBABILITIES, BatchRows, global_batch
 from .data import DATASETS, VIEWS, load_split, to_sequences
-from .distributed import SINGLE, Group, run_device, threads_per_rank
+from .distributed import SINGLE, Group, GroupLost, run_device, threads_per_rank
 from .errors import GrunetError, expect
 from .fileio import write_json, write_text
 from .memory import expect_fits
@@ -212,9 +212,11 @@ class StopRequest:
                 return int(s)
         return None
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, exc_type, *exc) -> None:
         for s, handler in self._previous.items():
-            signal.signal(s, handler)
+            # a process whose group is lost is ending: torchrun's SIGTERM to the survivors must not cut
+            # its one line short
+            signal.signal(s, signal.SIG_IGN if exc_type is not None and issubclass(exc_type, GroupLost) else handler)
 
 
 def _in_main_thread() -> bool:
@@ -535,8 +537,10 @@ def _train(trainer: Trainer, data: Data, stop: StopRequest, print_fn, progress, 
                 return _stopped(trainer, signum, print_fn)
             _record_final(trainer, data, bar.write)
         return _finish(trainer, len(data.x_train), len(data.x_test), print_fn)
-    except torch.distributed.DistError as e:  # DistributedDataParallel's own collectives, in backward
-        raise group.lost(e) from None
+    except RuntimeError as e:  # DistributedDataParallel's own collectives fail in backward
+        if group.is_lost(e):
+            raise group.lost(e) from None
+        raise
 
 
 def _step(trainer: Trainer, data: Data, loss_fn, i: int, clock: tuple[float, float]) -> torch.Tensor:
