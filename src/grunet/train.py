@@ -527,7 +527,9 @@ def _train(trainer: Trainer, data: Data, stop: StopRequest, print_fn, progress, 
                     on_step(i)
                 # one all-reduce of a few numbers per step: the step's loss window counts (unless the
                 # evaluation took them) and the stop requests, so that every rank stops after the same step
+                t_sum = time.perf_counter()
                 sums = group.sum(torch.cat([counts, torch.tensor(stop.counts(), dtype=torch.float64)]))
+                state["train_seconds"] += time.perf_counter() - t_sum  # part of a step's cost (samples/s)
                 loss = _add_to_window(state, sums[:3]) if loss is None else loss
                 signum = stop.agreed(sums[3:])
                 samples_per_s = state["step"] * config.batch_size / max(state["train_seconds"], 1e-9)
