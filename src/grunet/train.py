@@ -12,6 +12,13 @@ summary.json at the end. The last step is always evaluated: its row ends metrics
 best.pt, so "final" and "best" in summary.json are rows of metrics.csv. A run stopped by Ctrl-C / SIGTERM
 (even before its first step) saves last.pt after the step in flight; resuming it gives the same metrics.csv
 (but elapsed_s) and the same weights as a run that was never stopped.
+
+Under torchrun (grunet.distributed) N processes train one run: ``--batch-size`` stays the global batch, each
+rank takes its contiguous share of every batch in the one-process order, DistributedDataParallel averages the
+gradients (so the update is the one-process update), the test set is shared out, and rank 0 alone writes and
+prints. One all-reduce of a few numbers per step carries the loss window and the stop requests: a signal to
+any rank stops every rank after the same step. A checkpoint holds no trace of the number of processes (the
+data position and RNG states are global, the same on every rank), so a run resumes on any number.
 """
 from __future__ import annotations
 
@@ -207,9 +214,9 @@ class StopRequest:
     @staticmethod
     def agreed(counts: torch.Tensor) -> Optional[int]:
         """The signal the ranks stop for (SIGTERM before SIGINT), or None: the same answer on every rank."""
-        for s in reversed(STOP_SIGNALS):
-            if counts[STOP_SIGNALS.index(s)] > 0:
-                return int(s)
+        for index in reversed(range(len(STOP_SIGNALS))):
+            if counts[index] > 0:
+                return int(STOP_SIGNALS[index])
         return None
 
     def __exit__(self, exc_type, *exc) -> None:
