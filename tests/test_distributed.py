@@ -138,6 +138,21 @@ def test_one_process_run_resumed_by_nproc_2(one_process, tmp_path):
     assert json.loads((out / "summary.json").read_text())["world_size"] == 2
 
 
+def test_sigterm_to_nproc_launcher_stops_the_run(tmp_path):
+    """A SIGTERM to ``grunet train --nproc 2`` reaches every process through torchrun; the command's exit
+    status is 128 + SIGTERM, as for one process."""
+    out = tmp_path / "run"
+    process = subprocess.Popen([sys.executable, "-m", "grunet", "train", "--nproc", "2", *RECIPE, "--units", "16",
+                                "--steps", "1000000", "--out", str(out)], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    wait_for(lambda: (out / "metrics.csv").exists() or process.poll() is not None, RUN_TIMEOUT_S, "step 0's row")
+    process.send_signal(signal.SIGTERM)
+    code, stdout, stderr = finished(process)
+    assert code == 128 + signal.SIGTERM, stderr[-2000:]
+    assert stdout.count("stopped by SIGTERM after step") == 1
+    assert torch.load(out / "last.pt", weights_only=True)["progress"]["step"] >= 1
+
+
 def test_killed_rank_ends_the_other_with_one_line(tmp_path):
     out, marker = tmp_path / "run", f"GRUNET_TEST_RUN={uuid.uuid4()}"
     process = torchrun(2, *RECIPE, "--steps", "1000000", "--dist-timeout", "30", "--out", str(out),

@@ -176,15 +176,23 @@ def launch(args: argparse.Namespace) -> int:
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={args.nproc}",
                "-m", "grunet", "train", *_without_nproc(args._argv)]
     child = subprocess.Popen(command)
+    forwarded = []
+
+    def forward(signum, frame) -> None:
+        forwarded.append(signum)
+        child.send_signal(signum)
+
     # Ctrl-C reaches torchrun and its processes from the terminal itself; a SIGTERM sent to this command
     # is passed on, and torchrun passes it to every process, which stops after its step with last.pt
     previous = {signal.SIGINT: signal.signal(signal.SIGINT, signal.SIG_IGN),
-                signal.SIGTERM: signal.signal(signal.SIGTERM, lambda signum, frame: child.send_signal(signum))}
+                signal.SIGTERM: signal.signal(signal.SIGTERM, forward)}
     try:
-        return child.wait()
+        code = child.wait()
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
+    # torchrun says 1 for any failed process; a stop is 128 + the signal, as for one process
+    return 128 + forwarded[0] if code and forwarded else code
 
 
 def _without_nproc(argv: list[str]) -> list[str]:
