@@ -60,6 +60,10 @@ class Group:
 
     def sum(self, tensor: torch.Tensor) -> torch.Tensor:
         """``tensor`` summed over the ranks, in place."""
+        if self.backend == "nccl" and tensor.device.type != "cuda":  # NCCL reduces GPU tensors only
+            on_gpu = tensor.to(f"cuda:{self.local_rank}")
+            self._collective(lambda: dist.all_reduce(on_gpu, op=dist.ReduceOp.SUM))
+            return tensor.copy_(on_gpu)
         if self.backend is not None:
             self._collective(lambda: dist.all_reduce(tensor, op=dist.ReduceOp.SUM))
         return tensor
