@@ -521,7 +521,8 @@ def _train(trainer: Trainer, data: Data, stop: StopRequest, print_fn, progress, 
     trainer.model.train()
     try:
         with bar:
-            signum = stop.agreed(group.sum(torch.tensor(stop.counts(), dtype=torch.float64)))  # a request that came before the first step
+            # a request that came before the first step
+            signum = stop.agreed(group.sum(torch.tensor(stop.counts(), dtype=torch.float64)))
             for i in range(state["step"], config.steps):
                 if signum is not None:
                     break
