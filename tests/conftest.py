@@ -41,3 +41,52 @@ def fused_kernel_or_skip():
         return cpu.load()
     except KernelUnavailable as e:  # pragma: no cover - depends on the machine
         pytest.skip(f"fused CPU kernel unavailable: {e}")
+
+
+# ---- process groups (tests/test_distributed.py) -------------------------------------------------------
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now (the OS's choice)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def torchrun_command(nproc: int, port: int, *args: str, launcher: tuple = ()) -> list:
+    """``python -m torch.distributed.run`` on 127.0.0.1:port (c10d rendezvous) running ``grunet *args``."""
+    import sys
+
+    return [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", f"--nproc-per-node={nproc}",
+            "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}", *launcher, "-m", "grunet", *args]
+
+
+def ranks_of(marker: str) -> dict:
+    """{rank: pid} of the processes whose environment holds ``marker`` (NAME=VALUE) and a RANK: the workers
+    torchrun started for one test (its agent holds the marker but no RANK)."""
+    from pathlib import Path
+
+    found = {}
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            env = (d / "environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if marker.encode() in env:
+            for entry in env:
+                if entry.startswith(b"RANK="):
+                    found[int(entry[5:])] = int(d.name)
+    return found
+
+
+def wait_for(condition, timeout_s: float, what: str) -> None:
+    """Poll ``condition()`` until it holds; fail the test after ``timeout_s`` (a bound, not a timing)."""
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout_s} s waiting for {what}")
+        time.sleep(0.05)

@@ -6,7 +6,9 @@ through grunet.kernels.layer_function to the implementation it picks:
     CellSpec      the math, frozen: variant, recurrent activation, direction and the cell options
     LayerWeights  the parameters of that layer and direction (torch.nn.GRU layout, rows r | z | n)
     Masks         the random masks of a training call, drawn from torch's generator in Python, so that one
-                  seed gives the same run on every implementation; every mask is None in eval mode
+                  seed gives the same run on every implementation; every mask is None in eval mode. In a
+                  data-parallel step (global_batch) every process draws the global batch's masks and keeps
+                  its rows, so that N processes train as one
 
 An implementation is a function ``layer(x (T,B,I), h0 (B,H) or None, weights, spec, masks, lengths)
 -> (output (T,B,H), h_n (B,H))``, differentiable through autograd. A new cell option is a field here, a line
@@ -33,8 +35,9 @@ from __future__ import annotations
 
 import copy
 import math
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Optional
+from typing import Iterator, Optional
 
 import torch
 from torch import Tensor
@@ -150,6 +153,10 @@ class Masks:
         """Masks for one call, from torch's default generator on ``like``'s device (None in eval)."""
         if not training:
             return NO_MASKS
+        rows = _batch_rows if _batch_rows is not None else BatchRows(0, B)
+        expect(rows.start + B <= rows.total, "batch", f"at most the {rows.total - rows.start} rows left of the "
+               f"global batch after row {rows.start}", B)
+        share = slice(rows.start, rows.start + B)
 
         def keep(p: float, *shape: int, scaled: bool = True) -> Optional[Tensor]:
             if not p:
@@ -157,11 +164,41 @@ class Masks:
             m = bernoulli(1 - p, shape, like)
             return m.div_(1 - p) if scaled else m
 
-        return Masks(input=keep(spec.input_dropout, B, I), recurrent=keep(spec.recurrent_dropout, B, H),
-                     weight=keep(spec.weight_dropout, 3 * H, H), zoneout=keep(spec.zoneout, T, B, H, scaled=False))
+        def rows_of(m: Optional[Tensor], dim: int) -> Optional[Tensor]:
+            return None if m is None else m[(slice(None),) * dim + (share,)].contiguous()
+
+        return Masks(input=rows_of(keep(spec.input_dropout, rows.total, I), 0),
+                     recurrent=rows_of(keep(spec.recurrent_dropout, rows.total, H), 0),
+                     weight=keep(spec.weight_dropout, 3 * H, H),
+                     zoneout=rows_of(keep(spec.zoneout, T, rows.total, H, scaled=False), 1))
 
 
 NO_MASKS = Masks()
+
+
+@dataclass(frozen=True)
+class BatchRows:
+    """Where a call's batch sits in the global batch of a data-parallel step: rows start..start+B of total.
+
+    Each process draws the masks of the whole global batch (its generator is in the same state as every
+    other's) and keeps its own rows, so that N processes draw exactly the masks of one process."""
+
+    start: int
+    total: int
+
+
+_batch_rows: Optional[BatchRows] = None
+
+
+@contextmanager
+def global_batch(rows: BatchRows) -> Iterator[None]:
+    """Within the block, Masks.draw takes the calls' batches as ``rows`` of the global batch."""
+    global _batch_rows
+    previous, _batch_rows = _batch_rows, rows
+    try:
+        yield
+    finally:
+        _batch_rows = previous
 
 
 def zoneout_keep(spec: CellSpec, masks: Masks, t: int):

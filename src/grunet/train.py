@@ -12,6 +12,13 @@ summary.json at the end. The last step is always evaluated: its row ends metrics
 best.pt, so "final" and "best" in summary.json are rows of metrics.csv. A run stopped by Ctrl-C / SIGTERM
 (even before its first step) saves last.pt after the step in flight; resuming it gives the same metrics.csv
 (but elapsed_s) and the same weights as a run that was never stopped.
+
+Under torchrun (grunet.distributed) N processes train one run: ``--batch-size`` stays the global batch, each
+rank takes its contiguous share of every batch in the one-process order, DistributedDataParallel averages the
+gradients (so the update is the one-process update), the test set is shared out, and rank 0 alone writes and
+prints. One all-reduce of a few numbers per step carries the loss window and the stop requests: a signal to
+any rank stops every rank after the same step. A checkpoint holds no trace of the number of processes (the
+data position and RNG states are global, the same on every rank), so a run resumes on any number.
 """
 from __future__ import annotations
 
@@ -24,6 +31,7 @@ import os
 import random
 import signal
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, NamedTuple, Optional
@@ -35,8 +43,9 @@ from torch import nn
 from . import __version__
 from .checkpoint import architecture_of, check_state_dict, load_checkpoint, save_checkpoint
 from .config import from_dict as config_from_dict
-from .contract import PROBABILITIES
+from .contract import PROBABILITIES, BatchRows, global_batch
 from .data import DATASETS, VIEWS, load_split, to_sequences
+from .distributed import SINGLE, Group, GroupLost, run_device, threads_per_rank
 from .errors import GrunetError, expect
 from .fileio import write_json, write_text
 from .memory import expect_fits
@@ -179,6 +188,9 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
     return (predictions == y).double().mean().item(), predictions
 
 
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
 class StopRequest:
     """Turns SIGINT / SIGTERM into a flag that the loop checks between steps (main thread only)."""
 
@@ -195,9 +207,23 @@ class StopRequest:
     def _handle(self, signum, frame) -> None:
         self.signum = signum
 
-    def __exit__(self, *exc) -> None:
+    def counts(self) -> list[int]:
+        """One count per signal of STOP_SIGNALS: 1 for the one received here; summed over the ranks."""
+        return [int(self.signum == s) for s in STOP_SIGNALS]
+
+    @staticmethod
+    def agreed(counts: torch.Tensor) -> Optional[int]:
+        """The signal the ranks stop for (SIGTERM before SIGINT), or None: the same answer on every rank."""
+        for index in reversed(range(len(STOP_SIGNALS))):
+            if counts[index] > 0:
+                return int(STOP_SIGNALS[index])
+        return None
+
+    def __exit__(self, exc_type, *exc) -> None:
         for s, handler in self._previous.items():
-            signal.signal(s, handler)
+            # a process whose group is lost is ending: torchrun's SIGTERM to the survivors must not cut
+            # its one line short
+            signal.signal(s, signal.SIG_IGN if exc_type is not None and issubclass(exc_type, GroupLost) else handler)
 
 
 def _in_main_thread() -> bool:
@@ -246,15 +272,22 @@ class Trainer:
     optimizer: torch.optim.Optimizer
     batches: Batches
     progress: dict
+    group: Group = SINGLE
+    # what a training step calls: the model itself, or its DistributedDataParallel wrapper in a process group
+    step_model: Optional[nn.Module] = None
 
     def save(self, name: str) -> None:
+        """Rank 0 writes (every rank holds the same weights, optimizer, data position and RNG states)."""
+        if not self.group.is_main:
+            return
         save_checkpoint(self.out / name, self.model, data=self.config.data_info(),
                         optimizer=self.optimizer.state_dict(), batches=self.batches.state_dict(),
                         rng=rng_states(), progress=self.progress, config=self.config.to_dict())
 
     def restore(self, path: Path) -> None:
-        """Everything from ``path`` (last.pt), each part checked against this run before it is used."""
-        ckpt = load_checkpoint(path)
+        """Everything from ``path`` (last.pt), each part checked against this run before it is used. Rank 0
+        reads the file and hands it to the others: only its machine needs to hold the run directory."""
+        ckpt = self.group.from_main(lambda: load_checkpoint(path))
         expected = architecture_of(self.model)
         expect(_with_defaults(ckpt["architecture"]) == expected, f"{path}", f"the architecture of the run's "
                f"config.json ({_short(expected)})", f"another one ({_short(ckpt['architecture'])})")
@@ -325,8 +358,8 @@ def read_config(out: Path) -> TrainConfig:
     except (OSError, json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
         raise GrunetError(f"{out / 'config.json'}: expected the run's settings as JSON, got {e}") from None
     expect(isinstance(saved, dict), str(out / "config.json"), "a JSON object of settings", type(saved).__name__)
-    saved.pop("grunet_version", None)
-    saved.pop("config_version", None)
+    for key in RECORDED:
+        saved.pop(key, None)
     config = TrainConfig.from_dict(saved, where=str(out / "config.json"))
     try:
         return config.validate()
@@ -334,9 +367,14 @@ def read_config(out: Path) -> TrainConfig:
         raise GrunetError(f"{out / 'config.json'}: {e}") from None
 
 
-def write_config(out: Path, config: TrainConfig) -> None:
+# what config.json records beside the settings: not settings, since a run may resume with other values
+RECORDED = ("grunet_version", "config_version", "world_size")
+
+
+def write_config(out: Path, config: TrainConfig, world_size: int = 1) -> None:
+    """config.json; ``world_size``: the processes that train the run (those of its latest part)."""
     write_json(out / "config.json", {"grunet_version": __version__, "config_version": CONFIG_VERSION,
-                                     **config.to_dict()})
+                                     "world_size": world_size, **config.to_dict()})
 
 
 class Data(NamedTuple):
@@ -356,28 +394,52 @@ def run(
     print_fn: Callable[[str], None] = print,
     progress: Optional[bool] = None,
     on_step: Optional[Callable[[int], None]] = None,
+    group: Group = SINGLE,
 ) -> RunResult:
     """Train (or continue) the run in ``out_dir``. ``on_step(i)`` is called after each step (tests).
 
     With ``resume``, ``config`` is the run's config.json, except that ``steps`` may be larger than the
-    steps done (it extends the run; config.json records the new total)."""
+    steps done (it extends the run; config.json records the new total).
+
+    In a process group (grunet.distributed, started by torchrun) every rank calls this with the same
+    arguments: each takes its contiguous share of every global batch of ``config.batch_size``, the
+    gradients are averaged by DistributedDataParallel (the mean of equal shares' means is the global
+    batch's mean: the one-process update), the test set is shared out and the correct answers summed, and
+    rank 0 alone writes the run directory and prints."""
     config.validate()
+    expect(config.batch_size % group.world_size == 0, "--batch-size",
+           f"a multiple of the {group.world_size} processes (each takes an equal share of the global batch)",
+           config.batch_size)
     out = Path(out_dir)
-    saved = _check_run_directory(config, out, resume)
-    if config.threads:
-        torch.set_num_threads(config.threads)
-    data = _load_data_on(config, torch.device(config.device))
-    trainer = _new_trainer(config, out, data)
-    if not resume:
-        make_new(out)  # only once the data and model are known to be good: no empty run left
-    with RunLock(out), StopRequest() as stop:
+    if not group.is_main:
+        print_fn, progress = _silent, False
+    saved = group.from_main(lambda: _check_run_directory(config, out, resume))
+    threads = threads_per_rank(group, config.threads) if group.backend else config.threads
+    if threads:
+        torch.set_num_threads(threads)
+    data = group.agree(lambda: _load_data_on(config, torch.device(run_device(group, config.device))))
+    trainer = _new_trainer(config, out, data, group)
+    if not resume:  # only once the data and model are known to be good: no empty run left
+        group.from_main(lambda: make_new(out))
+    with ExitStack() as held:
+        # the lock first: a second run on this directory is refused before anything is written
+        group.from_main(lambda: _hold(held, RunLock(out)))
+        stop = held.enter_context(StopRequest())
         # signals from here on: one that comes before the first checkpoint still leaves a resumable run
         # (before, there is no run to save and Ctrl-C stops a download or a build as usual)
         if resume:
-            _continue(trainer, saved, print_fn)
+            group.agree(lambda: _continue(trainer, saved, print_fn))
         else:
-            _start(trainer, data, print_fn)
+            group.from_main(lambda: _start(trainer, data, print_fn))
         return _train(trainer, data, stop, print_fn, progress, on_step)
+
+
+def _hold(held: ExitStack, lock: RunLock) -> None:
+    held.enter_context(lock)
+
+
+def _silent(line: str) -> None:
+    """The print function of ranks other than 0: one process speaks for the run."""
 
 
 def _check_run_directory(config: TrainConfig, out: Path, resume: bool) -> Optional[TrainConfig]:
@@ -398,8 +460,9 @@ def _load_data_on(config: TrainConfig, device: torch.device) -> Data:
     return Data(x_train.to(device), y_train.to(device), x_test.to(device), y_test.to(device))
 
 
-def _new_trainer(config: TrainConfig, out: Path, data: Data) -> Trainer:
-    """The seeded model, its optimizer and the batch order at step 0 (a resumed run restores them later)."""
+def _new_trainer(config: TrainConfig, out: Path, data: Data, group: Group = SINGLE) -> Trainer:
+    """The seeded model, its optimizer and the batch order at step 0 (a resumed run restores them later).
+    Every rank seeds alike: the same weights, batch order and mask draws on each."""
     torch.manual_seed(config.seed)
     np.random.seed(config.seed)
     random.seed(config.seed)
@@ -407,7 +470,18 @@ def _new_trainer(config: TrainConfig, out: Path, data: Data) -> Trainer:
     model = SequenceClassifier(config.model_config(data.x_train.shape[2]), impl=config.impl).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, fused=True)  # one kernel for all params
     batches = Batches(len(data.x_train), config.batch_size, config.shuffle, config.seed)
-    return Trainer(config, out, model, optimizer, batches, new_progress())
+    return Trainer(config, out, model, optimizer, batches, new_progress(), group, model)
+
+
+def _replicated(trainer: Trainer) -> nn.Module:
+    """The model as a training step calls it: in a process group, DistributedDataParallel around it (made once
+    the weights are final, resumed ones included, since it starts from rank 0's weights)."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    if trainer.group.backend is None:
+        return trainer.model
+    device = next(trainer.model.parameters()).device
+    return DistributedDataParallel(trainer.model, device_ids=[device] if device.type == "cuda" else None)
 
 
 def _start(trainer: Trainer, data: Data, print_fn: Callable[[str], None]) -> None:
@@ -415,7 +489,7 @@ def _start(trainer: Trainer, data: Data, print_fn: Callable[[str], None]) -> Non
     from .params import summary
 
     check_new(trainer.out)  # another process may have started a run here meanwhile
-    write_config(trainer.out, trainer.config)
+    write_config(trainer.out, trainer.config, trainer.group.world_size)
     summary(trainer.model, (1, *data.x_train.shape[1:]), print_fn=print_fn)
 
 
@@ -423,13 +497,14 @@ def _continue(trainer: Trainer, saved: TrainConfig, print_fn: Callable[[str], No
     """Restore last.pt (a run killed before its first checkpoint has none: it starts again from step 0) and
     record a new total of steps, refusing one below the steps done."""
     out, config = trainer.out, trainer.config
-    if (out / "last.pt").is_file():
+    checkpointed = trainer.group.from_main(lambda: (out / "last.pt").is_file())
+    if checkpointed:
         trainer.restore(out / "last.pt")
     done = trainer.progress["step"]
     expect(config.steps >= done, "--steps", f"at least the {done:,} steps the run {out} has done", config.steps)
-    if config.steps != saved.steps:
-        write_config(out, config)
-    if (out / "last.pt").is_file():
+    if trainer.group.is_main:  # the new total of steps, and the processes that train this part of the run
+        write_config(out, config, trainer.group.world_size)
+    if checkpointed:
         print_fn(f"resuming {out} at step {done:,} of {config.steps:,}")
     else:
         print_fn(f"starting {out} from step 0: it holds no checkpoint yet")
@@ -438,56 +513,97 @@ def _continue(trainer: Trainer, saved: TrainConfig, print_fn: Callable[[str], No
 def _train(trainer: Trainer, data: Data, stop: StopRequest, print_fn, progress, on_step) -> RunResult:
     """The loop from the run's step to its last: a step, an evaluation every eval_every steps, and the
     final weights always evaluated; a stop request ends it with last.pt saved."""
-    config, state = trainer.config, trainer.progress
+    config, state, group = trainer.config, trainer.progress, trainer.group
     loss_fn = nn.CrossEntropyLoss()
     clock = (time.perf_counter(), state["elapsed"])  # elapsed time goes on from the run's earlier parts
     bar = Progress(total=config.steps, initial=state["step"], enabled=progress, print_fn=print_fn)
+    trainer.step_model = _replicated(trainer)
     trainer.model.train()
-    with bar:
-        for i in range(state["step"], config.steps):
-            if stop.signum is not None:
-                break
-            loss = _step(trainer, data, loss_fn, i, clock)
-            if i % config.eval_every == 0:
-                _record(trainer, data, i, scheduled=True, write=bar.write)
-            samples_per_s = state["step"] * config.batch_size / max(state["train_seconds"], 1e-9)
-            bar.update(loss=loss, accuracy=state["best"] if state["rows"] else None, samples_per_s=samples_per_s)
-            if on_step is not None:
-                on_step(i)
-        if stop.signum is not None and state["step"] < config.steps:
-            return _stopped(trainer, stop.signum, print_fn)
-        _record_final(trainer, data, bar.write)
-    return _finish(trainer, len(data.x_train), len(data.x_test), print_fn)
+    try:
+        with bar:
+            # a request that came before the first step
+            signum = stop.agreed(group.sum(torch.tensor(stop.counts(), dtype=torch.float64)))
+            for i in range(state["step"], config.steps):
+                if signum is not None:
+                    break
+                counts = _step(trainer, data, loss_fn, i, clock)
+                loss = None
+                if i % config.eval_every == 0:
+                    loss = _record(trainer, data, i, scheduled=True, write=bar.write, counts=counts)
+                    counts = torch.zeros_like(counts)
+                if on_step is not None:
+                    on_step(i)
+                # one all-reduce of a few numbers per step: the step's loss window counts (unless the
+                # evaluation took them) and the stop requests, so that every rank stops after the same step
+                t_sum = time.perf_counter()
+                sums = group.sum(torch.cat([counts, torch.tensor(stop.counts(), dtype=torch.float64)]))
+                state["train_seconds"] += time.perf_counter() - t_sum  # part of a step's cost (samples/s)
+                loss = _add_to_window(state, sums[:3]) if loss is None else loss
+                signum = stop.agreed(sums[3:])
+                samples_per_s = state["step"] * config.batch_size / max(state["train_seconds"], 1e-9)
+                bar.update(loss=loss, accuracy=state["best"] if state["rows"] else None,
+                           samples_per_s=samples_per_s)
+            if signum is not None and state["step"] < config.steps:
+                return _stopped(trainer, signum, print_fn)
+            _record_final(trainer, data, bar.write)
+        return _finish(trainer, len(data.x_train), len(data.x_test), print_fn)
+    except RuntimeError as e:  # DistributedDataParallel's own collectives fail in backward
+        if group.is_lost(e):
+            raise group.lost(e) from None
+        raise
 
 
-def _step(trainer: Trainer, data: Data, loss_fn, i: int, clock: tuple[float, float]) -> float:
-    """Training step i: one batch, one Adam update, the loss window and the timings; returns the loss."""
-    state = trainer.progress
+def _step(trainer: Trainer, data: Data, loss_fn, i: int, clock: tuple[float, float]) -> torch.Tensor:
+    """Training step i: this rank's share of the global batch, one Adam update and the timings. Returns
+    this rank's counts for the loss window (loss sum, correct, seen), to be summed over the ranks."""
+    config, state, group = trainer.config, trainer.progress, trainer.group
     t_step = time.perf_counter()
-    idx = trainer.batches.next_indices()
+    idx = trainer.batches.next_indices()  # the global batch: the one-process order
+    share = group.share(config.batch_size)
+    idx = slice(idx.start + share.start, idx.start + share.stop) if isinstance(idx, slice) else idx[share]
     xb, yb = data.x_train[idx], data.y_train[idx]
-    logits = trainer.model(xb)
+    with global_batch(BatchRows(share.start, config.batch_size)):  # masks: this share's rows of the global ones
+        logits = trainer.step_model(xb)
     loss = loss_fn(logits, yb)
     trainer.optimizer.zero_grad(set_to_none=True)
     loss.backward()
     trainer.optimizer.step()
-    value = loss.item()
-    window = state["window"]
-    window[0] += value * len(yb)
-    window[1] += int((logits.argmax(1) == yb).sum())
-    window[2] += len(yb)
+    counts = torch.tensor([loss.item() * len(yb), int((logits.argmax(1) == yb).sum()), len(yb)], dtype=torch.float64)
     state["step"] = i + 1
     state["train_seconds"] += time.perf_counter() - t_step
     state["elapsed"] = clock[1] + time.perf_counter() - clock[0]
-    return value
+    return counts
 
 
-def _record(trainer: Trainer, data: Data, i: int, scheduled: bool, write: Callable[[str], None]) -> None:
+def _add_to_window(state: dict, sums: torch.Tensor) -> Optional[float]:
+    """Add one step's counts summed over the ranks to the loss window; returns that step's loss."""
+    if not sums[2]:
+        return None
+    window = state["window"]
+    window[0] += sums[0].item()
+    window[1] += int(sums[1])
+    window[2] += int(sums[2])
+    return sums[0].item() / sums[2].item()
+
+
+def _record(trainer: Trainer, data: Data, i: int, scheduled: bool, write: Callable[[str], None],
+            counts: Optional[torch.Tensor] = None) -> Optional[float]:
     """Evaluate after step i: a row of metrics.csv, last.pt, and best.pt when it is the best so far. The
     final, off-schedule row keeps the loss window: a run extended later goes on exactly as one that never
-    stopped."""
-    config, state = trainer.config, trainer.progress
-    accuracy, _ = evaluate(trainer.model, data.x_test, data.y_test, config.eval_batch_size)
+    stopped. ``counts``: step i's loss window counts on this rank, summed with the evaluation's; returns
+    step i's loss.
+
+    Each rank evaluates its contiguous share of the test set; the correct answers are summed."""
+    config, state, group = trainer.config, trainer.progress, trainer.group
+    share = group.share(len(data.x_test))
+    correct = 0
+    if share.stop > share.start:
+        _, predictions = evaluate(trainer.model, data.x_test[share], data.y_test[share], config.eval_batch_size)
+        correct = int((predictions == data.y_test[share]).sum())
+    counts = torch.zeros(3, dtype=torch.float64) if counts is None else counts
+    sums = group.sum(torch.cat([torch.tensor([correct], dtype=torch.float64), counts]))
+    accuracy = sums[0].item() / len(data.x_test)
+    loss = _add_to_window(state, sums[1:])
     window = state["window"]
     row = {"step": i, "loss": f"{window[0] / max(window[2], 1):.6f}",
            "train_accuracy": f"{window[1] / max(window[2], 1):.6f}", "test_accuracy": f"{accuracy:.6f}",
@@ -500,8 +616,14 @@ def _record(trainer: Trainer, data: Data, i: int, scheduled: bool, write: Callab
     trainer.save("last.pt")
     if improved:
         trainer.save("best.pt")
-    write_metrics(trainer.out / "metrics.csv", state["rows"])
+    _write_metrics(trainer)
     write(f"step {i:>6}  loss {row['loss'][:6]}  train {row['train_accuracy'][:6]}  accuracy: {accuracy:.4f}")
+    return loss
+
+
+def _write_metrics(trainer: Trainer) -> None:
+    if trainer.group.is_main:
+        write_metrics(trainer.out / "metrics.csv", trainer.progress["rows"])
 
 
 def _record_final(trainer: Trainer, data: Data, write: Callable[[str], None]) -> None:
@@ -512,14 +634,15 @@ def _record_final(trainer: Trainer, data: Data, write: Callable[[str], None]) ->
         _record(trainer, data, state["step"] - 1, scheduled=False, write=write)
     else:
         trainer.save("last.pt")
-        write_metrics(trainer.out / "metrics.csv", rows)
+        _write_metrics(trainer)
 
 
 def _stopped(trainer: Trainer, signum: int, print_fn: Callable[[str], None]) -> RunResult:
     """A stop request between steps: last.pt and metrics.csv as they are, and how to go on."""
     out, state = trainer.out, trainer.progress
     trainer.save("last.pt")
-    write_metrics(out / "metrics.csv", state["rows"])
+    _write_metrics(trainer)
+    trainer.group.barrier()  # no rank ends (and has torchrun end the others) before rank 0 has written
     name = signal.Signals(signum).name
     print_fn(f"stopped by {name} after step {state['step']:,} of {trainer.config.steps:,}; the checkpoint "
              f"{out / 'last.pt'} is intact. Resume with: grunet train --resume {out}")
@@ -528,7 +651,7 @@ def _stopped(trainer: Trainer, signum: int, print_fn: Callable[[str], None]) -> 
 
 def _finish(trainer: Trainer, train_size: int, test_size: int, print_fn) -> RunResult:
     """summary.json and the done line, both read from metrics.csv's rows."""
-    config, out, state = trainer.config, trainer.out, trainer.progress
+    config, out, state, group = trainer.config, trainer.out, trainer.progress, trainer.group
     rows = state["rows"]
     best_row = max(rows, key=lambda r: float(r["test_accuracy"]))  # the first of equals, as best.pt
     result = {
@@ -544,12 +667,13 @@ def _finish(trainer: Trainer, train_size: int, test_size: int, print_fn) -> RunR
         "train_size": train_size,
         "test_size": test_size,
         "torch_version": torch.__version__,
-        "threads": torch.get_num_threads(),
+        "threads": torch.get_num_threads(),  # per process
+        "world_size": group.world_size,
     }
-    write_json(out / "summary.json", result)
+    if group.is_main:
+        write_json(out / "summary.json", result)
+    group.barrier()  # as in _stopped: rank 0's files are whole before any rank ends
     print_fn(f"done: {state['step']:,} steps in {state['elapsed']:.1f} s; final test accuracy "
              f"{result['final_test_accuracy']:.4f}, best {result['best_test_accuracy']:.4f} at step "
              f"{result['best_step']}; run in {out}")
     return RunResult(0, result, out)
-
-

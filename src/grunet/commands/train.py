@@ -1,15 +1,25 @@
-"""grunet train: the tutorial's experiment (defaults = the recipe), a run directory, resume."""
+"""grunet train: the tutorial's experiment (defaults = the recipe), a run directory, resume.
+
+Under torchrun (``torchrun --nproc-per-node N -m grunet train ...``) each process joins the run's group
+(grunet.distributed); ``--nproc N`` starts torchrun on this machine with the same arguments. A process
+group that torchrun restarts (``--max-restarts``) after a failure resumes the run in --out from its last.pt.
+"""
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
+import signal
+import subprocess
+import sys
 import time
 from dataclasses import fields
 from pathlib import Path
 
 from ..data import DATASETS, VIEWS
-from ..errors import GrunetError
+from ..distributed import DEFAULT_TIMEOUT_S, Group, SharedError, launched_by_torchrun, process_group
+from ..errors import GrunetError, expect
 from ..model import CELLS
 from ..train import MAX_STEPS, TrainConfig, config_differences, read_config
 from ..train import run as train_run
@@ -57,7 +67,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="new order at each pass (default: consecutive slices, as the tutorial)")
     p.add_argument("--eval-every", type=int, help=f"evaluate the test set every N steps (default {d.eval_every})")
     p.add_argument("--seed", type=int, help=f"default {d.seed}")
-    p.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
+    p.add_argument("--threads", type=int,
+                   help="torch threads per process (default: torch's choice; under torchrun cores / local processes)")
+    p.add_argument("--nproc", type=int, metavar="N",
+                   help="train with N processes on this machine: starts torchrun with the other arguments")
+    p.add_argument("--dist-timeout", type=float, metavar="S", default=DEFAULT_TIMEOUT_S,
+                   help=f"under torchrun: seconds a process waits for the others before the run stops "
+                        f"(default {DEFAULT_TIMEOUT_S})")
     p.add_argument("--device", help="cpu (default) or cuda")
     p.add_argument("--out", help="run directory (default runs/<date>-<dataset>)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR (optionally with a new --steps)")
@@ -73,11 +89,36 @@ def asked_settings(args: argparse.Namespace) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
-    asked = asked_settings(args)
-    if args.cache_dir:
+    if args.nproc is not None:
+        return launch(args)
+    if args.cache_dir:  # every process reads the data set
         os.environ["GRUNET_DATA"] = args.cache_dir
-    if args.resume:
-        out = Path(args.resume)
+    with process_group(_device_of(args), args.dist_timeout) as group:
+        try:
+            config, out, resume = group.from_main(lambda: _settings(args, group))
+            progress = {"auto": None, "bar": True, "lines": False}[args.progress]
+            result = train_run(config, out, resume=resume, progress=progress, group=group)
+            if result.exit_code == 0 and args.report and group.is_main:
+                from ..report import write_report
+
+                print(f"report: {write_report(out)}")
+            return result.exit_code
+        except SharedError:
+            if group.is_main:
+                raise
+            return 2  # rank 0 says it: one line for the run, not one per process
+
+
+def _settings(args: argparse.Namespace, group: Group) -> tuple:
+    """(config, run directory, resume?) from the command line and, when resuming, the run's config.json."""
+    asked = asked_settings(args)
+    resume_dir = args.resume
+    if not resume_dir and group.restart_count and args.out and (Path(args.out) / "config.json").is_file():
+        # torchrun restarted the group after a failure: go on from the run's last.pt
+        resume_dir = args.out
+        print(f"torchrun restart {group.restart_count}: resuming {args.out}")
+    if resume_dir:
+        out = Path(resume_dir)
         if args.out and Path(args.out).resolve() != out.resolve():
             raise GrunetError(f"--out: expected nothing or the --resume directory {out}, got {args.out}")
         if not (out / "config.json").is_file():
@@ -85,31 +126,85 @@ def run(args: argparse.Namespace) -> int:
         config = read_config(out)
         new_steps = asked.pop("steps", None)
         if args.epochs is not None:
-            raise GrunetError("--epochs: expected --steps N to extend a resumed run, got --epochs")
+            if args.resume:
+                raise GrunetError("--epochs: expected --steps N to extend a resumed run, got --epochs")
+            new_steps = _steps_of_epochs(config, args.epochs)
         differences = config_differences(config, asked)
         if differences:
             raise GrunetError("--resume: options differ from the run's config.json: " + "; ".join(differences)
                               + " (only --steps may change)")
         if new_steps is not None:  # the trainer checks it against the steps done, then records it
             config.steps = new_steps
-    else:
-        config = TrainConfig(**asked).validate()  # every option in range before anything is read or made
-        if args.epochs is not None:
-            from ..data import load_split
+        return config, out, True
+    config = TrainConfig(**asked).validate()  # every option in range before anything is read or made
+    if args.epochs is not None:
+        config.steps = _steps_of_epochs(config, args.epochs)
+    return config, Path(args.out or f"runs/{time.strftime('%Y%m%d-%H%M%S')}-{config.dataset}"), False
 
-            if not (math.isfinite(args.epochs) and args.epochs > 0):
-                raise GrunetError(f"--epochs: expected a finite number > 0, got {args.epochs}")
-            n = len(load_split(config.dataset, "train", data_dir=config.data_dir)[1])
-            steps = round(args.epochs * (n // config.batch_size))
-            if steps > MAX_STEPS:
-                raise GrunetError(f"--epochs: expected at most {MAX_STEPS:,} steps' worth, got {args.epochs} "
-                                  f"({steps:.3g} steps of {config.batch_size})")
-            config.steps = max(1, steps)
-        out = Path(args.out or f"runs/{time.strftime('%Y%m%d-%H%M%S')}-{config.dataset}")
-    progress = {"auto": None, "bar": True, "lines": False}[args.progress]
-    result = train_run(config, out, resume=bool(args.resume), progress=progress)
-    if result.exit_code == 0 and args.report:
-        from ..report import write_report
 
-        print(f"report: {write_report(out)}")
-    return result.exit_code
+def _steps_of_epochs(config: TrainConfig, epochs: float) -> int:
+    from ..data import load_split
+
+    if not (math.isfinite(epochs) and epochs > 0):
+        raise GrunetError(f"--epochs: expected a finite number > 0, got {epochs}")
+    n = len(load_split(config.dataset, "train", data_dir=config.data_dir)[1])
+    steps = round(epochs * (n // config.batch_size))
+    if steps > MAX_STEPS:
+        raise GrunetError(f"--epochs: expected at most {MAX_STEPS:,} steps' worth, got {epochs} "
+                          f"({steps:.3g} steps of {config.batch_size})")
+    return max(1, steps)
+
+
+def _device_of(args: argparse.Namespace) -> str:
+    """The device that chooses the group's backend (nccl for CUDA, gloo otherwise) before the settings are
+    shared: the command line's, else the resumed run's, else cpu."""
+    if args.device:
+        return args.device
+    run_dir = args.resume or args.out
+    try:
+        return str(json.loads((Path(run_dir) / "config.json").read_text()).get("device", "cpu"))
+    except (TypeError, OSError, ValueError, AttributeError):
+        return "cpu"
+
+
+def launch(args: argparse.Namespace) -> int:
+    """``grunet train --nproc N ...``: torchrun on this machine (a free port of its own) with N processes of
+    ``grunet train ...`` (the same arguments but --nproc); its exit status is the command's."""
+    expect(not launched_by_torchrun(), "--nproc", "a command started outside torchrun (torchrun chooses the "
+           "processes itself)", f"--nproc {args.nproc} under torchrun")
+    expect(1 <= args.nproc <= 1024, "--nproc", "a number of processes from 1 to 1024", args.nproc)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={args.nproc}",
+               "-m", "grunet", "train", *_without_nproc(args._argv)]
+    child = subprocess.Popen(command)
+    forwarded = []
+
+    def forward(signum, frame) -> None:
+        forwarded.append(signum)
+        child.send_signal(signum)
+
+    # Ctrl-C reaches torchrun and its processes from the terminal itself; a SIGTERM sent to this command
+    # is passed on, and torchrun passes it to every process, which stops after its step with last.pt
+    previous = {signal.SIGINT: signal.signal(signal.SIGINT, signal.SIG_IGN),
+                signal.SIGTERM: signal.signal(signal.SIGTERM, forward)}
+    try:
+        code = child.wait()
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    # torchrun says 1 for any failed process; a stop is 128 + the signal, as for one process
+    return 128 + forwarded[0] if code and forwarded else code
+
+
+def _without_nproc(argv: list[str]) -> list[str]:
+    """The arguments after ``train`` with ``--nproc N`` (or ``--nproc=N``) left out."""
+    argv = list(argv)
+    argv = argv[argv.index("train") + 1:] if "train" in argv else argv
+    kept, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == "--nproc":
+            skip = True
+        elif not a.startswith("--nproc="):
+            kept.append(a)
+    return kept
