@@ -241,7 +241,7 @@ def test_bad_inputs_raise_value_errors_naming_the_argument():
         (lambda: g(x, lengths=torch.tensor([3, 2, 1])), r"lengths: expected a 1-D tensor of 2 lengths.*got shape \(3,\)"),
         (lambda: g(x, lengths=torch.tensor([3.0, 2.0])), r"lengths: expected integer values, got torch.float32"),
         (lambda: grunet.GRU(4, 5, recurrent_activation="relu"), r"recurrent_activation: expected one of"),
-        (lambda: grunet.GRU(4, 5, impl="cuda"), r"impl: expected one of \['auto', 'reference', 'fused'\], got 'cuda'"),
+        (lambda: grunet.GRU(4, 5, impl="cuda"), r"impl: expected one of \['auto', 'reference', 'fused', 'triton'\], got 'cuda'"),
         (lambda: grunet.GRU(4, 5, init="he"), r"init: expected one of \['torch', 'keras'\], got 'he'"),
         (lambda: grunet.GRU(4, 0), r"hidden_size: expected an integer >= 1, got 0"),
         (lambda: grunet.GRU(4, 5, dropout=2), r"dropout: expected a number in \[0, 1\], got 2"),

@@ -2,7 +2,9 @@
 
 Every measurement warms up first, then takes the median of ``repeats`` timings (each the mean of a few
 calls); ratios are torch.nn.GRU's median over the other's, so > 1 means faster than torch.nn.GRU.
-Implementations: "torch" (torch.nn.GRU), "reference" (grunet's PyTorch loop), "fused" (grunet's kernel).
+Implementations: "torch" (torch.nn.GRU), "reference" (grunet's PyTorch loop), "fused" (grunet's kernel),
+"auto" (grunet's default choice) and "triton" (grunet's Triton kernel, CUDA). Everything runs on ``device``
+(set_device: "cpu", or "cuda" with torch.cuda.synchronize() around every timing).
 When Keras 3 is importable, the tutorial training step and inference are also timed in Keras (on JAX when
 KERAS_BACKEND is unset and jax is importable), on the same data in the same process.
 """
@@ -22,7 +24,25 @@ from torch import nn
 
 import grunet
 
-IMPLS = ("torch", "reference", "fused")
+IMPLS = ("torch", "reference", "fused")  # the default set on CPU
+CUDA_IMPLS = ("torch", "reference", "auto", "triton")  # on CUDA: cuDNN, the loop, grunet's choice, Triton
+KNOWN_IMPLS = ("torch", "reference", "fused", "auto", "triton")
+_device = torch.device("cpu")
+
+
+def set_device(device: str) -> None:
+    """Where every model and tensor of the timings lives."""
+    global _device
+    _device = torch.device(device)
+
+
+def on_device(t: torch.Tensor) -> torch.Tensor:
+    return t.to(_device)
+
+
+def _sync() -> None:
+    if _device.type == "cuda":
+        torch.cuda.synchronize(_device)
 
 
 @dataclass
@@ -42,9 +62,11 @@ def median_ms(fn: Callable[[], object], repeats: int, number: int = 1, warmup: i
         fn()
     times = []
     for _ in range(repeats):
+        _sync()
         start = time.perf_counter()
         for _ in range(number):
             fn()
+        _sync()
         times.append((time.perf_counter() - start) / number)
     return statistics.median(times) * 1e3
 
@@ -52,8 +74,8 @@ def median_ms(fn: Callable[[], object], repeats: int, number: int = 1, warmup: i
 def make_gru(impl: str, I: int, H: int, batch_first: bool = True) -> nn.Module:
     torch.manual_seed(0)
     if impl == "torch":
-        return nn.GRU(I, H, batch_first=batch_first)
-    return grunet.GRU(I, H, batch_first=batch_first, impl=impl)
+        return nn.GRU(I, H, batch_first=batch_first).to(_device)
+    return grunet.GRU(I, H, batch_first=batch_first, impl=impl).to(_device)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -65,7 +87,7 @@ ADAM_OPTIONS = {"default": {}, "foreach": {"foreach": True}, "fused": {"fused": 
 def classifier_step(gru: nn.Module, x: torch.Tensor, y: torch.Tensor, adam: str, lr: float = 1e-3):
     """One training step of the tutorial model around ``gru`` (its last state -> Linear(H, 10), cross-entropy,
     Adam with ``ADAM_OPTIONS[adam]`` at learning rate ``lr``), as a function the timers call."""
-    head = nn.Linear(gru.hidden_size, 10)
+    head = nn.Linear(gru.hidden_size, 10).to(_device)
     opt = torch.optim.Adam(list(gru.parameters()) + list(head.parameters()), lr=lr, **ADAM_OPTIONS[adam])
 
     def step():
@@ -83,7 +105,7 @@ def training_step(repeats: int, impls=IMPLS, B=50, T=28, I=28, H=75, keras: bool
     implementation `adam` (see ADAM_OPTIONS, the same for every implementation); with keras, also Keras 3's
     train_on_batch."""
     g = torch.Generator().manual_seed(0)
-    x, y = torch.rand(B, T, I, generator=g), torch.randint(0, 10, (B,), generator=g)
+    x, y = on_device(torch.rand(B, T, I, generator=g)), on_device(torch.randint(0, 10, (B,), generator=g))
     row = Row(f"train step B={B} T={T} I={I} H={H}, Adam {adam}")
     steps = {}
     for impl in impls:
@@ -181,10 +203,10 @@ def cells_table(ms: dict[str, float], B=50, T=28, I=28, H=75) -> str:
 
 def inference(repeats: int, impls=IMPLS, n=10_000, batch=1000, T=28, I=28, H=75, keras: bool = False) -> Row:
     """(c) throughput of the tutorial model (GRU + Linear) over n sequences, no grad; ms per n."""
-    x = torch.rand(n, T, I, generator=torch.Generator().manual_seed(0))
+    x = on_device(torch.rand(n, T, I, generator=torch.Generator().manual_seed(0)))
     row = Row(f"inference {n} seqs (batch {batch})")
     for impl in impls:
-        gru, head = make_gru(impl, I, H), nn.Linear(H, 10)
+        gru, head = make_gru(impl, I, H), nn.Linear(H, 10).to(_device)
 
         def run(gru=gru, head=head):
             with torch.no_grad():
@@ -203,11 +225,11 @@ def sweep_case(B: int, H: int, T: int, repeats: int, impls=IMPLS, I: int = 28, m
     """(b) forward + backward of one GRU layer; impls whose single call would exceed max_call_s are skipped."""
     row = Row(f"fwd+bwd B={B} H={H} T={T}")
     flops = 3 * 2 * T * B * 3 * H * (I + H)  # forward ~ 2*T*B*3H*(I+H), backward ~ twice that
-    x = torch.rand(B, T, I, generator=torch.Generator().manual_seed(0)).requires_grad_()
+    x = on_device(torch.rand(B, T, I, generator=torch.Generator().manual_seed(0))).requires_grad_()
     skipped = []
     for impl in impls:
         overhead = T * 1e-3 if impl == "reference" else 0.0  # the Python loop: ~1 ms per step, fwd+bwd
-        if flops / 40e9 + overhead > max_call_s:  # ~40 GFLOP/s: a generous estimate of this CPU
+        if _device.type == "cpu" and flops / 40e9 + overhead > max_call_s:  # ~40 GFLOP/s: a generous estimate
             row.ms[impl] = None
             skipped.append(impl)
             continue
@@ -217,8 +239,10 @@ def sweep_case(B: int, H: int, T: int, repeats: int, impls=IMPLS, I: int = 28, m
             out, _ = gru(x)
             out.sum().backward()
 
+        _sync()
         start = time.perf_counter()
         run()
+        _sync()
         if time.perf_counter() - start > max_call_s:
             row.ms[impl] = None
             skipped.append(impl)
@@ -232,6 +256,8 @@ def sweep_case(B: int, H: int, T: int, repeats: int, impls=IMPLS, I: int = 28, m
 def sweep_shapes(quick: bool) -> list[tuple[int, int, int]]:
     if quick:
         return [(B, H, 28) for B in (1, 50) for H in (75, 256)]
+    if _device.type == "cuda":
+        return [(B, H, T) for B in (1, 50, 256) for H in (75, 128, 256, 512) for T in (28, 784)]
     return [(B, H, T) for B in (1, 50, 256) for H in (75, 256, 1024) for T in (28, 784)]
 
 

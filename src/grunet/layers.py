@@ -156,8 +156,10 @@ class GRU(nn.Module):
         reset_after: keyword only; False = the reset-before variant above (a bool; default True).
         recurrent_activation: keyword only; the gates' sigma: "sigmoid" (default), "hard_sigmoid_keras2"
             = clip(0.2 x + 0.5, 0, 1) or "hard_sigmoid_keras3" = clip(x / 6 + 0.5, 0, 1).
-        impl: keyword only; "auto" (the fused CPU kernel where it can run, else the reference loop with one
-            warning), "fused" (the kernel or an error) or "reference" (the plain loop of grunet.reference).
+        impl: keyword only; "auto" (the device's fused kernel where it can run: the C++ kernel on CPU, cuDNN or
+            grunet's Triton kernel on CUDA; else the reference loop with one warning), "fused" (the kernel or
+            an error), "triton" (the Triton kernel: CUDA, or CPU under TRITON_INTERPRET=1) or "reference"
+            (the plain loop of grunet.reference).
         init: keyword only; "torch" (every parameter ~ U(-1/sqrt(H), 1/sqrt(H)), as nn.GRU) or "keras"
             (glorot-uniform input weights, orthogonal recurrent weights, zero biases).
         device, dtype: keyword only; where the parameters live and their floating-point type.

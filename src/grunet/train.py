@@ -56,7 +56,7 @@ from .train_state import METRICS_FIELDS, Batches, check_progress, plain_rng_stat
 
 CONFIG_VERSION = 1
 CELL_OPTIONS = ("layer_norm", *PROBABILITIES)
-TRAIN_IMPLS = ("auto", "reference", "fused", "torch")  # "torch": torch.nn.GRU, the baseline
+TRAIN_IMPLS = ("auto", "reference", "fused", "triton", "torch")  # "torch": torch.nn.GRU, the baseline
 MAX_SEED = 2**32 - 1  # NumPy's RandomState (the permutation, np.random) takes seeds below 2**32
 MAX_STEPS = 10**12  # years of training at any speed; a bound that keeps every count in int64
 MAX_THREADS = 4096
@@ -449,7 +449,7 @@ def _check_run_directory(config: TrainConfig, out: Path, resume: bool) -> Option
         check_new(out)
         return None
     saved = read_config(out)
-    differences = config_differences(saved, {k: v for k, v in config.to_dict().items() if k != "steps"})
+    differences = config_differences(saved, {k: v for k, v in config.to_dict().items() if k not in ("steps", "device")})
     expect(not differences, "--resume", "the run's settings", "; ".join(differences))
     check_writable(out)
     return saved

@@ -25,12 +25,15 @@ def plain_rng_states(states: Optional[dict] = None) -> dict:
     """The current RNG states (or ``states`` as returned by version 1's rng_states) as plain values."""
     if states is None:
         states = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+        if torch.cuda.is_available() and torch.cuda.is_initialized():  # masks drawn on the GPU use its generator
+            states["cuda"] = torch.cuda.get_rng_state()
     numpy_state, python_state = states["numpy"], states["python"]
     if isinstance(numpy_state, dict) and isinstance(python_state, dict):
         return states  # already plain
     name, key, pos, has_gauss, cached = numpy_state
     version, internal, gauss_next = python_state
     return {
+        **({"cuda": states["cuda"]} if "cuda" in states else {}),
         "torch": states["torch"],
         "numpy": {"bit_generator": str(name), "key": torch.from_numpy(np.asarray(key, dtype=np.int64).copy()),
                   "pos": int(pos), "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
@@ -73,11 +76,17 @@ def set_rng_states(states, where: str) -> None:
     gauss_next = p.get("gauss_next")
     expect(gauss_next is None or isinstance(gauss_next, float), f"{where} rng python gauss_next",
            "None or a float", repr(gauss_next))
+    # the GPU's generator: restored where the run continues on a GPU (a CPU resume of a CUDA run needs none)
+    cuda_state = states.get("cuda") if torch.cuda.is_available() else None
+    if cuda_state is not None:
+        cuda_state = _tensor(cuda_state, f"{where} rng cuda", torch.uint8, tuple(torch.cuda.get_rng_state().shape))
     try:
         python_state = (version, tuple(int(v) for v in internal.tolist()), gauss_next)
         random.setstate(python_state)
         np.random.set_state(("MT19937", key.numpy().astype(np.uint32), pos, has_gauss, cached))
         torch.set_rng_state(torch_state)
+        if cuda_state is not None:
+            torch.cuda.set_rng_state(cuda_state)
     except (TypeError, ValueError, RuntimeError, OverflowError) as e:
         raise GrunetError(f"{where} rng: expected states the generators accept, got one they refuse ({e})") from None
 

@@ -21,7 +21,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=None, metavar="N", help="torch threads (default: torch's)")
     p.add_argument("--repeats", type=int, default=15, help="timed repeats per case; the median is reported")
     p.add_argument("--quick", action="store_true", help="a small sweep and fewer repeats")
-    p.add_argument("--impls", default=",".join(bench.IMPLS), help="comma list of torch, reference, fused")
+    p.add_argument("--impls", default=None,
+                   help="comma list of torch, reference, fused, auto, triton (default: torch,reference,fused on "
+                        "cpu; torch,reference,auto,triton on cuda)")
+    p.add_argument("--device", default="cpu", help="cpu (default) or cuda[:N]: where every case runs (the cells "
+                   "and Keras parts are CPU only)")
     p.add_argument("--skip", default="", help="comma list of parts to skip: train, sweep, inference, cells, keras")
     p.add_argument("--adam", default="fused,default", metavar="LIST",
                    help="comma list of torch.optim.Adam implementations (default, foreach, fused) to time the "
@@ -33,25 +37,31 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    impls = [i for i in args.impls.split(",") if i]
+    cuda = args.device.startswith("cuda")
+    expect(args.device == "cpu" or cuda, "--device", "'cpu' or 'cuda[:N]'", repr(args.device))
+    expect(not cuda or torch.cuda.is_available(), "--device", "a visible CUDA device", "none (torch sees no GPU)")
+    impls = [i for i in (args.impls or ",".join(bench.CUDA_IMPLS if cuda else bench.IMPLS)).split(",") if i]
     for i in impls:
-        expect(i in bench.IMPLS, "--impls", f"names from {list(bench.IMPLS)}", repr(i))
+        expect(i in bench.KNOWN_IMPLS, "--impls", f"names from {list(bench.KNOWN_IMPLS)}", repr(i))
     expect("torch" in impls, "--impls", "to include torch (the baseline of every ratio)", args.impls)
     expect(args.repeats >= 1, "--repeats", "an integer >= 1", args.repeats)
     if args.threads:
         torch.set_num_threads(args.threads)
     repeats = min(args.repeats, 5) if args.quick else args.repeats
-    skip = set(args.skip.split(","))
+    skip = set(args.skip.split(",")) | ({"cells", "keras"} if cuda else set())
+    bench.set_device(args.device)
     adams = [a for a in args.adam.split(",") if a]
     for a in adams:
         expect(a in bench.ADAM_OPTIONS, "--adam", f"names from {list(bench.ADAM_OPTIONS)}", repr(a))
     expect(len(adams) > 0, "--adam", "at least one Adam implementation", repr(args.adam))
-    if "fused" in impls:  # build outside the timings, and say how long it took
+    if "fused" in impls and not cuda:  # build outside the timings, and say how long it took
         from ..kernels import cpu
 
         cpu.load()
         print(f"fused kernel loaded in {cpu.build.build_seconds:.1f} s")
     info = bench.machine()
+    if cuda:
+        info["device"] = torch.cuda.get_device_name(torch.device(args.device))
     info["optimizer"] = ", ".join("torch.optim.Adam" + ("" if a == "default" else f"({a}=True)") for a in adams) + \
         " (training step; the row names say which)"
     print("  ".join(f"{k}: {v}" for k, v in info.items()))

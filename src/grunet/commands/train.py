@@ -56,7 +56,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="zoneout: each unit keeps its old state with probability P at each step (default 0)")
     p.add_argument("--cell", choices=CELLS, help="gru (default) or lstm (torch.nn.LSTM, the baseline)")
     p.add_argument("--init", choices=["keras", "torch"], help="weight initialisation (default keras)")
-    p.add_argument("--impl", choices=["auto", "reference", "fused", "torch"],
+    p.add_argument("--impl", choices=["auto", "reference", "fused", "triton", "torch"],
                    help="GRU implementation (default auto); torch = torch.nn.GRU as a baseline (needs --reset-after)")
     length = p.add_mutually_exclusive_group()
     length.add_argument("--steps", type=int, help=f"training steps (default {d.steps:,})")
@@ -125,6 +125,7 @@ def _settings(args: argparse.Namespace, group: Group) -> tuple:
             raise GrunetError(f"--resume: expected a run directory holding config.json, got {out}")
         config = read_config(out)
         new_steps = asked.pop("steps", None)
+        new_device = asked.pop("device", None)  # a run may go on on another device (the checkpoint is on CPU)
         if args.epochs is not None:
             if args.resume:
                 raise GrunetError("--epochs: expected --steps N to extend a resumed run, got --epochs")
@@ -132,9 +133,12 @@ def _settings(args: argparse.Namespace, group: Group) -> tuple:
         differences = config_differences(config, asked)
         if differences:
             raise GrunetError("--resume: options differ from the run's config.json: " + "; ".join(differences)
-                              + " (only --steps may change)")
+                              + " (only --steps and --device may change)")
         if new_steps is not None:  # the trainer checks it against the steps done, then records it
             config.steps = new_steps
+        if new_device is not None:
+            config.device = new_device
+            config.validate()
         return config, out, True
     config = TrainConfig(**asked).validate()  # every option in range before anything is read or made
     if args.epochs is not None:

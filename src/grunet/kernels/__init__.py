@@ -10,6 +10,11 @@ impl="fused":     the compiled kernel for the input's device and dtype; raises G
 impl="auto":      the fused kernel when it is available for the input, else the reference, with one warning
                   when a kernel exists for the device but could not be built or loaded (a dtype the
                   kernel does not run, such as float16, goes to the reference without a word).
+impl="triton":    grunet's Triton kernel (kernels/gpu/triton_layer.py) for every cell, on CUDA tensors, or on
+                  CPU tensors under Triton's interpreter (TRITON_INTERPRET=1); raises GrunetError elsewhere.
+The fused kernel of a device: cpu/ (C++) on CPU; gpu/ on CUDA, which is cuDNN (torch.nn.GRU's own kernel) for
+the cells it computes exactly (reset-after, sigmoid, no layer norm / recurrent dropout / zoneout) and the
+Triton kernel for the others.
 Kernels are built lazily (on first use) so that importing grunet needs neither a compiler nor CUDA.
 """
 from __future__ import annotations
@@ -23,10 +28,10 @@ from torch import Tensor
 from ..contract import CellSpec
 from ..errors import GrunetError
 
-IMPLS = ("auto", "reference", "fused")
+IMPLS = ("auto", "reference", "fused", "triton")
 
 # device type -> module that provides ``load()`` (raises KernelUnavailable) and ``gru_layer``
-_FUSED_MODULES = {"cpu": "grunet.kernels.cpu"}
+_FUSED_MODULES = {"cpu": "grunet.kernels.cpu", "cuda": "grunet.kernels.gpu"}
 _warned: set[str] = set()
 
 
@@ -73,6 +78,8 @@ def layer_function(impl: str, x: Tensor, cell: CellSpec = CellSpec()) -> Callabl
         from ..reference import gru_layer
 
         return gru_layer
+    if impl == "triton":
+        return triton_function(x)
     try:
         module = kernel_module(x.device.type)
         if x.dtype not in module.SUPPORTED_DTYPES:  # the kernel does not run it: the reference loop does
@@ -100,6 +107,22 @@ def layer_function(impl: str, x: Tensor, cell: CellSpec = CellSpec()) -> Callabl
             _warned.add(x.device.type)
             warnings.warn(f"grunet: fused GRU kernel unavailable ({e}); using the reference loop", stacklevel=3)
         return gru_layer
+
+
+def triton_function(x: Tensor) -> Callable:
+    """The Triton kernel's layer function for ``x``, or GrunetError saying why it cannot run it."""
+    gpu = kernel_module("cuda")
+    reason = gpu.triton_unavailable()
+    if reason is not None:
+        raise GrunetError(f"impl='triton': {reason}")
+    module = gpu.triton_layer()
+    if not module.runs_on(x):
+        raise GrunetError(f"impl='triton': expected a CUDA tensor (or TRITON_INTERPRET=1 for CPU tensors), got "
+                          f"a {x.device.type} tensor")
+    if x.dtype not in module.SUPPORTED_DTYPES:
+        kinds = ", ".join(str(d).replace("torch.", "") for d in module.SUPPORTED_DTYPES)
+        raise GrunetError(f"impl='triton': expected {kinds} input, got {str(x.dtype).replace('torch.', '')}")
+    return module.gru_layer
 
 
 # The kernels' Python modules are imported now rather than at the first forward, which torch.compile may be
