@@ -27,6 +27,7 @@ COMMANDS = {
     "export": "export a trained model to ONNX",
     "explain": "show the update and reset gates of a trained model on one digit",
     "report": "write an HTML report of a training run",
+    "serve": "a local web page: draw a digit and watch the GRU read it row by row",
 }
 
 

@@ -227,6 +227,23 @@ def gate_trace(model: nn.Module, x, *, layer: Optional[int] = None, direction: s
                      prefix_runs=not simple_head, reset_after=cell.reset_after, recurrent_activation=cell.activation)
 
 
+def trace_dict(trace: GateTrace, class_names) -> dict:
+    """The trace as plain JSON values: what ``grunet explain --json`` prints and ``grunet serve``'s
+    /api/trace answers (one structure for both):
+
+        {"prediction": k, "probabilities": [C], "steps": [T x {"z": [U], "r": [U], "dh": x, "probabilities":
+        [C]}], "layer", "num_layers", "direction", "bidirectional", "units", "reset_after",
+        "recurrent_activation", "class_names", "convention"}
+    """
+    steps = [{"z": trace.z[t].tolist(), "r": trace.r[t].tolist(), "dh": float(trace.dh[t]),
+              "probabilities": trace.probabilities[t].tolist()} for t in range(len(trace.z))]
+    return {"prediction": trace.prediction, "probabilities": trace.probabilities[-1].tolist(), "steps": steps,
+            "layer": trace.layer, "num_layers": trace.num_layers, "direction": trace.direction,
+            "bidirectional": trace.bidirectional, "units": int(trace.z.shape[1]), "reset_after": trace.reset_after,
+            "recurrent_activation": trace.recurrent_activation, "class_names": [str(c) for c in class_names],
+            "convention": CONVENTION}
+
+
 # ----------------------------------------------------------------------------------------------------
 # the terminal table
 SHADES = " .:-=+*#%@"

@@ -21,6 +21,8 @@ checked before any pixel is decoded (a small file can declare gigapixels).
 """
 from __future__ import annotations
 
+import io
+
 from pathlib import Path
 
 import numpy as np
@@ -44,17 +46,27 @@ def load_digit(path: str | Path) -> np.ndarray:
     return prepare_digit(read_gray(path), str(path))
 
 
+def digit_from_bytes(data: bytes, name: str = "image") -> np.ndarray:
+    """A PNG or JPEG file's bytes (an upload) as load_digit prepares a file: (28, 28) uint8, like MNIST."""
+    return prepare_digit(_gray(io.BytesIO(data), name), name)
+
+
 def read_gray(path: str | Path) -> np.ndarray:
     """The image's luminance as float64 (H, W) in [0, 255], alpha composited away; untrusted files refused."""
-    from PIL import Image, UnidentifiedImageError
-
     p = Path(path)
     if not p.is_file():
         raise GrunetError(f"{p}: expected a PNG or JPEG image file, got no such file")
+    return _gray(p, str(p))
+
+
+def _gray(source, p: str) -> np.ndarray:
+    """read_gray of a path or a binary file object, named ``p`` in messages."""
+    from PIL import Image, UnidentifiedImageError
+
     unreadable = (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError, ValueError,
                   EOFError, MemoryError)
     try:
-        with Image.open(p) as image:
+        with Image.open(source) as image:
             if image.format not in FORMATS:  # only the header was read
                 raise GrunetError(f"{p}: expected a PNG or JPEG image, got {image.format or 'an unknown'} format")
             width, height = image.size  # from the header; nothing decoded yet

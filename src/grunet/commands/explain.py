@@ -5,6 +5,7 @@ Any GRU classifier that grunet predict accepts: a trained SequenceClassifier or 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 from pathlib import Path
 
@@ -13,7 +14,7 @@ import numpy as np
 from ..checkpoint import load_model
 from ..data import CLASS_NAMES, DATASETS, load_split, to_sequences
 from ..errors import GrunetError, require
-from ..explain import DIRECTIONS, format_trace, gate_trace, legend
+from ..explain import DIRECTIONS, format_trace, gate_trace, legend, trace_dict
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -28,6 +29,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--layer", type=int, help="GRU layer whose gates are shown, 0-based over all GRU layers of the "
                    "model, stacked or converted (default: the last)")
     p.add_argument("--direction", choices=DIRECTIONS, default="forward", help="bidirectional GRUs (default forward)")
+    p.add_argument("--json", action="store_true", help="print the trace as JSON (the structure grunet serve's "
+                   "/api/trace answers) instead of the table")
     p.add_argument("--png", metavar="FILE", help="also draw heatmaps of the gates beside the input into FILE "
                    "(needs matplotlib: pip install 'grunet[report]')")
 
@@ -70,6 +73,9 @@ def run(args: argparse.Namespace) -> int:
     x = to_sequences(image[None], view, permutation_seed=seed)[0]
     trace = gate_trace(model, x, layer=args.layer, direction=args.direction)
     names = [str(c) for c in CLASS_NAMES.get(dataset, CLASS_NAMES["mnist"])]
+    if args.json:
+        print(json.dumps(trace_dict(trace, names)))
+        return 0
     k = trace.prediction
     print(f"{source}; view {view}, {len(x)} steps")
     print(legend(trace))
