@@ -129,6 +129,7 @@ def test_png_body_is_prepared_like_grunet_predict(server):
     (json.dumps({"pixels": [[0] * 28] * 28, "prepare": True}).encode(), {"Content-Type": "application/json"}, 400,
      "pixels: expected a digit"),
     (b"\x89PNG\r\n\x1a\nbroken", {"Content-Type": "image/png"}, 400, "body: expected a PNG or JPEG image"),
+    (b"[" * 200_000 + b"]" * 200_000, {"Content-Type": "application/json"}, 400, "body: expected JSON of a few levels"),
     (b"x", {"Content-Type": "text/plain"}, 400, "Content-Type: expected application/json"),
 ])
 def test_malformed_bodies_get_400_with_one_line(server, payload, headers, status, message):

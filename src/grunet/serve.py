@@ -116,6 +116,8 @@ def trace_request(service: TraceService, body: bytes, content_type: str, query: 
             request = json.loads(body)
         except (ValueError, UnicodeDecodeError) as e:
             raise GrunetError(f"body: expected JSON, got text that does not parse ({e})") from None
+        except RecursionError:
+            raise GrunetError("body: expected JSON of a few levels, got one nested too deeply to read") from None
         if not isinstance(request, dict) or "pixels" not in request:
             raise GrunetError("body: expected a JSON object with \"pixels\", got " + type(request).__name__
                               + ("" if not isinstance(request, dict) else " without it"))
