@@ -78,7 +78,7 @@ def test_cuda_cells_route_to_cudnn_then_triton_then_reference(monkeypatch):
     calls = []
     fake = types.SimpleNamespace(SUPPORTED_DTYPES=(torch.float32,), available=lambda: None,
                                  gru_layer=lambda *a: calls.append("triton") or ("t", "t"))
-    monkeypatch.setattr(gpu, "triton_layer", lambda: fake)
+    monkeypatch.setattr(gpu, "triton_module", lambda: fake)
     monkeypatch.setattr(gpu.cudnn, "gru_layer", lambda *a: calls.append("cudnn") or ("c", "c"))
     x, h0, w = case(dtype=torch.float32)
     gpu.gru_layer(x, h0, w, CellSpec())
@@ -89,7 +89,7 @@ def test_cuda_cells_route_to_cudnn_then_triton_then_reference(monkeypatch):
     out, _ = gpu.gru_layer(x64, h64, w64, CellSpec(zoneout=0.2))
     ref, _ = reference.gru_layer(x64, h64, w64, CellSpec(zoneout=0.2))
     assert torch.equal(out, ref) and calls == ["cudnn", "triton"]
-    monkeypatch.setattr(gpu, "triton_layer", lambda: None)
+    monkeypatch.setattr(gpu, "triton_module", lambda: None)
     assert gpu.supports(CellSpec()) and not gpu.supports(CellSpec(layer_norm=True))
     assert "pip install 'grunet[gpu]'" in gpu.triton_unavailable()
 
@@ -103,12 +103,12 @@ def test_cuda_is_a_kernel_device_and_triton_an_impl():
 def test_impl_triton_refuses_with_one_line_where_it_cannot_run(monkeypatch):
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     x = torch.randn(4, 2, 3)
-    monkeypatch.setattr(gpu, "triton_layer", lambda: None)
+    monkeypatch.setattr(gpu, "triton_module", lambda: None)
     with pytest.raises(GrunetError, match=r"^impl='triton': the Triton kernel needs triton"):
         kernels.layer_function("triton", x)
     fake = types.SimpleNamespace(SUPPORTED_DTYPES=(torch.float32,), available=lambda: None,
                                  runs_on=lambda t: t.is_cuda, gru_layer=None)
-    monkeypatch.setattr(gpu, "triton_layer", lambda: fake)
+    monkeypatch.setattr(gpu, "triton_module", lambda: fake)
     with pytest.raises(GrunetError) as e:
         kernels.layer_function("triton", x)
     assert str(e.value) == ("impl='triton': expected a CUDA tensor (or TRITON_INTERPRET=1 for CPU tensors), "

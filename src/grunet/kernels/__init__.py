@@ -115,7 +115,7 @@ def triton_function(x: Tensor) -> Callable:
     reason = gpu.triton_unavailable()
     if reason is not None:
         raise GrunetError(f"impl='triton': {reason}")
-    module = gpu.triton_layer()
+    module = gpu.triton_module()
     if not module.runs_on(x):
         raise GrunetError(f"impl='triton': expected a CUDA tensor (or TRITON_INTERPRET=1 for CPU tensors), got "
                           f"a {x.device.type} tensor")

@@ -22,12 +22,12 @@ from ...contract import NO_MASKS, CellSpec, LayerWeights, Masks
 from ...reference import gru_layer as reference_layer
 from . import cudnn
 
-__all__ = ["load", "gru_layer", "supports", "triton_layer", "SUPPORTED_DTYPES"]
+__all__ = ["load", "gru_layer", "supports", "triton_module", "SUPPORTED_DTYPES"]
 
 SUPPORTED_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
 
-def triton_layer():
+def triton_module():
     """grunet.kernels.gpu.triton_layer, or None when it cannot be imported (no triton)."""
     try:
         return importlib.import_module(f"{__name__}.triton_layer")
@@ -37,7 +37,7 @@ def triton_layer():
 
 def triton_unavailable() -> Optional[str]:
     """None when the Triton kernel can run here, else why not (one line)."""
-    module = triton_layer()
+    module = triton_module()
     if module is None:
         return "the Triton kernel needs triton (pip install 'grunet[gpu]')"
     return module.available()
@@ -58,7 +58,7 @@ def gru_layer(x: Tensor, h0: Optional[Tensor], weights: LayerWeights, spec: Cell
     missing triton: the reference loop)."""
     if cudnn.computes(spec):
         return cudnn.gru_layer(x, h0, weights, spec, masks, lengths)
-    module = triton_layer()
+    module = triton_module()
     if module is not None and module.available() is None and x.dtype in module.SUPPORTED_DTYPES:
         return module.gru_layer(x, h0, weights, spec, masks, lengths)
     return reference_layer(x, h0, weights, spec, masks, lengths)
