@@ -18,7 +18,11 @@ dG = [da_r | da_z | da_n] for every step, from which the caller forms dx, dW_ih,
 a few large products outside the loop.
 
 This file is imported twice by grunet.kernels.gpu.triton_layer: compiled for CUDA tensors and, with
-TRITON_INTERPRET=1 while it is imported, interpreted (numpy) for CPU tensors.
+TRITON_INTERPRET=1 while it is imported, interpreted (numpy) for CPU tensors. The kernels call only
+triton.language's builtins (tl.full, not tl.zeros; tl.reduce with a combine function of this file, not
+tl.sum): the helpers triton.language itself defines with @triton.jit were decorated when triton was first
+imported, compiled if that was without TRITON_INTERPRET (torch.compile imports triton), and the interpreter
+cannot call those.
 """
 import triton
 import triton.language as tl
@@ -93,7 +97,7 @@ def gru_forward_kernel(
     if HAS_H0:
         h = tl.load(H0 + bh, mask=ok, other=0.0)
     else:
-        h = tl.zeros((BLOCK_B, HP), dtype=tl.float32)
+        h = tl.full((BLOCK_B, HP), 0.0, tl.float32)
     if HAS_M_REC:
         m_rec = tl.load(M_rec + bh, mask=ok, other=0.0)
     if HAS_B_HH:
@@ -195,7 +199,7 @@ def gru_backward_kernel(
     if HAS_D_HN:
         dh = tl.load(D_hn + bh, mask=ok, other=0.0)
     else:
-        dh = tl.zeros((BLOCK_B, HP), dtype=tl.float32)
+        dh = tl.full((BLOCK_B, HP), 0.0, tl.float32)
     if HAS_M_REC:
         m_rec = tl.load(M_rec + bh, mask=ok, other=0.0)
     if HAS_LEN:
