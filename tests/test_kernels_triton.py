@@ -142,6 +142,29 @@ def test_several_programs_and_padded_units():
     compare(x, state, w, spec, masks, n, 1e-5)
 
 
+WIDE_CASES = ["reset_after", "reset_before_keras2", "reset_after_lengths_reverse", "reset_before_no_h0_lengths",
+              "reset_after_all_options_lengths", "reset_before_all_options_lengths_reverse"]
+
+
+@pytest.mark.parametrize("name", WIDE_CASES)
+def test_wide_kernels_match_reference(name, monkeypatch):
+    """The kernels for wide layers (state in a buffer, products in column tiles), sent H = 20 in tiles of 16
+    so that the last tile of each gate is partial."""
+    monkeypatch.setattr(triton_layer, "REGISTER_UNITS", 8)
+    monkeypatch.setattr(triton_layer, "WIDE_BLOCK", 16)
+    fields, lengths, h0 = CASES[name]
+    spec = CellSpec(**fields)
+    x, state, w, masks, n = layer_case(4, 3, 4, 20, spec, seed=len(name), lengths=lengths, h0=h0)
+    compare(x, state, w, spec, masks, n, 1e-5)
+    spec_eval = CellSpec(**{**fields, "zoneout": 0.3})  # eval: zoneout mixes with 1 - p
+    x, state, w, masks, n = layer_case(3, 2, 3, 20, spec_eval, seed=1, lengths=lengths, training=False)
+    with torch.no_grad():
+        got = triton_layer.gru_layer(x, state, w, spec_eval, masks, n)
+        want = reference.gru_layer(x, state, w, spec_eval, masks, n)
+    for name_, a, b in zip(NAMES, got, want):
+        assert_close(a, b, 1e-5, name_)
+
+
 def test_inference_keeps_nothing_and_matches():
     """Without grad the forward saves no activations (nothing to backward through) and gives the same numbers."""
     spec = CellSpec(reset_after=False, activation="hard_sigmoid_keras2", zoneout=0.1)

@@ -265,3 +265,304 @@ def gru_backward_kernel(
             tl.store(D_a + bh_t, da, mask=ok)
         dh = d_prev
     tl.store(D_h0 + bh, dh, mask=ok)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Wide layers: the same steps with the state in a small global buffer and the products in column tiles.
+#
+# Above a few hundred units a whole (HP, HP) tile of W_hh no longer fits on chip for one tl.dot, and the state
+# cannot be cut into column blocks while it sits in registers. These kernels keep each program's rows of h
+# (and of the products P = W_hh h_in) in global buffers of (B, H) that stay in L1/L2, and compute every product
+# tile by tile (BLOCK_B x BLOCK_N outputs, BLOCK_K at a time). A step is phases separated by barriers (all
+# rows of a program belong to that program, so a barrier within the program orders them): products, then the
+# gate pass column block by column block. The state is double-buffered (read step s's, write step s+1's).
+
+
+@triton.jit
+def _product(Src, src_stride, M_rec, W_hh, w_row0, rows, row_ok, H, j0,
+             HAS_M_REC: tl.constexpr, TRANSPOSED: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr,
+             BLOCK_K: tl.constexpr):
+    """Columns j0..j0+BLOCK_N of S @ M for the program's rows, summed over k < H in BLOCK_K steps.
+    S: the rows' (., H) values at Src + row * src_stride (times m_h when HAS_M_REC).
+    TRANSPOSED: M = W_hh[w_row0 : w_row0 + H]^T, column j being W_hh row w_row0 + j (the forward's W h);
+    else M = W_hh[w_row0 : w_row0 + H], column j being W_hh column j (the backward's dG W)."""
+    j = j0 + tl.arange(0, BLOCK_N)
+    acc = tl.full((BLOCK_B, BLOCK_N), 0.0, tl.float32)
+    for k0 in range(0, H, BLOCK_K):
+        k = k0 + tl.arange(0, BLOCK_K)
+        src_ok = row_ok[:, None] & (k < H)[None, :]
+        src = tl.load(Src + rows[:, None] * src_stride + k[None, :], mask=src_ok, other=0.0)
+        if HAS_M_REC:
+            src = src * tl.load(M_rec + rows[:, None] * H + k[None, :], mask=src_ok, other=0.0)
+        w_ok = (k < H)[:, None] & (j < H)[None, :]
+        if TRANSPOSED:
+            w = tl.load(W_hh + (w_row0 + j[None, :]) * H + k[:, None], mask=w_ok, other=0.0)
+        else:
+            w = tl.load(W_hh + (w_row0 + k[:, None]) * H + j[None, :], mask=w_ok, other=0.0)
+        acc += tl.dot(src, w, input_precision="ieee")
+    return acc
+
+
+@triton.jit
+def gru_forward_wide_kernel(
+    G, W_hh, B_hh, H0, M_rec, Zone, Len,
+    Out, H_n,
+    R_s, Z_s, N_s, Aux_s, Hprev_s,
+    H_buf, P_buf, RH_buf,                           # scratch: (2, B, H) state, (B, 3H) products, (B, H) r*h_in
+    T, B, H, keep_eval,
+    RESET_AFTER: tl.constexpr, ACT: tl.constexpr, REVERSE: tl.constexpr, HAS_H0: tl.constexpr,
+    HAS_B_HH: tl.constexpr, HAS_M_REC: tl.constexpr, ZONE: tl.constexpr, HAS_LEN: tl.constexpr,
+    STORE: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    """gru_forward_kernel's steps (same equations) for any H."""
+    pid = tl.program_id(0)
+    rows = (pid * BLOCK_B + tl.arange(0, BLOCK_B)).to(tl.int64)
+    row_ok = rows < B
+    if HAS_LEN:
+        length = tl.load(Len + rows, mask=row_ok, other=0)
+    for c0 in range(0, H, BLOCK_N):
+        cols = c0 + tl.arange(0, BLOCK_N)
+        ok = row_ok[:, None] & (cols < H)[None, :]
+        bh = rows[:, None] * H + cols[None, :]
+        if HAS_H0:
+            h = tl.load(H0 + bh, mask=ok, other=0.0)
+        else:
+            h = tl.full((BLOCK_B, BLOCK_N), 0.0, tl.float32)
+        tl.store(H_buf + bh, h, mask=ok)
+    tl.debug_barrier()
+
+    for s in range(0, T):
+        if REVERSE:
+            t = T - 1 - s
+        else:
+            t = s
+        h_cur = H_buf + (s % 2) * B * H
+        h_nxt = H_buf + ((s + 1) % 2) * B * H
+        g_t = G + t.to(tl.int64) * B * 3 * H
+        # products: P_r, P_z (and reset-after P_n = W_hn h_in) for every column
+        for j0 in range(0, H, BLOCK_N):
+            j = j0 + tl.arange(0, BLOCK_N)
+            for gate in tl.static_range(3):
+                if gate < 2 or RESET_AFTER:
+                    acc = _product(h_cur, H, M_rec, W_hh, gate * H, rows, row_ok, H, j0, HAS_M_REC, True,
+                                   BLOCK_B, BLOCK_N, BLOCK_K)
+                    tl.store(P_buf + rows[:, None] * (3 * H) + gate * H + j[None, :], acc,
+                             mask=row_ok[:, None] & (j < H)[None, :])
+        tl.debug_barrier()
+        if not RESET_AFTER:  # rh = r * h_in for every column, then P_n = W_hn rh
+            for c0 in range(0, H, BLOCK_N):
+                cols = c0 + tl.arange(0, BLOCK_N)
+                ok = row_ok[:, None] & (cols < H)[None, :]
+                bh = rows[:, None] * H + cols[None, :]
+                bg = rows[:, None] * (3 * H) + cols[None, :]
+                h_in = tl.load(h_cur + bh, mask=ok, other=0.0)
+                if HAS_M_REC:
+                    h_in = h_in * tl.load(M_rec + bh, mask=ok, other=0.0)
+                r = _sigma(tl.load(g_t + bg, mask=ok, other=0.0) + tl.load(P_buf + bg, mask=ok, other=0.0), ACT)
+                tl.store(RH_buf + bh, r * h_in, mask=ok)
+            tl.debug_barrier()
+            for j0 in range(0, H, BLOCK_N):
+                j = j0 + tl.arange(0, BLOCK_N)
+                acc = _product(RH_buf, H, M_rec, W_hh, 2 * H, rows, row_ok, H, j0, False, True,
+                               BLOCK_B, BLOCK_N, BLOCK_K)
+                tl.store(P_buf + rows[:, None] * (3 * H) + 2 * H + j[None, :], acc,
+                         mask=row_ok[:, None] & (j < H)[None, :])
+            tl.debug_barrier()
+        # the gate pass, column block by column block
+        for c0 in range(0, H, BLOCK_N):
+            cols = c0 + tl.arange(0, BLOCK_N)
+            col_ok = cols < H
+            ok = row_ok[:, None] & col_ok[None, :]
+            bh = rows[:, None] * H + cols[None, :]
+            bg = rows[:, None] * (3 * H) + cols[None, :]
+            h = tl.load(h_cur + bh, mask=ok, other=0.0)
+            a_r = tl.load(g_t + bg, mask=ok, other=0.0) + tl.load(P_buf + bg, mask=ok, other=0.0)
+            a_z = tl.load(g_t + bg + H, mask=ok, other=0.0) + tl.load(P_buf + bg + H, mask=ok, other=0.0)
+            g_n = tl.load(g_t + bg + 2 * H, mask=ok, other=0.0)
+            p_n = tl.load(P_buf + bg + 2 * H, mask=ok, other=0.0)
+            if RESET_AFTER:
+                if HAS_B_HH:
+                    a_r += tl.load(B_hh + cols, mask=col_ok, other=0.0)[None, :]
+                    a_z += tl.load(B_hh + H + cols, mask=col_ok, other=0.0)[None, :]
+                    p_n += tl.load(B_hh + 2 * H + cols, mask=col_ok, other=0.0)[None, :]
+                r = _sigma(a_r, ACT)
+                z = _sigma(a_z, ACT)
+                n = _tanh(g_n + r * p_n)
+                aux = p_n
+            else:
+                r = _sigma(a_r, ACT)
+                z = _sigma(a_z, ACT)
+                n = _tanh(g_n + p_n)
+                aux = tl.load(RH_buf + bh, mask=ok, other=0.0)
+            h_new = z * h + (1.0 - z) * n
+            bh_t = t.to(tl.int64) * B * H + bh
+            if ZONE == 1:
+                k = tl.load(Zone + bh_t, mask=ok, other=0.0)
+                h_new = h + k * (h_new - h)
+            elif ZONE == 2:
+                h_new = h + keep_eval * (h_new - h)
+            if HAS_LEN:
+                valid = (t < length)[:, None]
+                h_new = tl.where(valid, h_new, h)
+                out = tl.where(valid, h_new, 0.0)
+            else:
+                out = h_new
+            tl.store(Out + bh_t, out, mask=ok)
+            tl.store(h_nxt + bh, h_new, mask=ok)
+            if STORE:
+                if HAS_LEN:
+                    r = tl.where(valid, r, 0.0)
+                    z = tl.where(valid, z, 0.0)
+                    n = tl.where(valid, n, 0.0)
+                    aux = tl.where(valid, aux, 0.0)
+                    h_save = tl.where(valid, h, 0.0)
+                else:
+                    h_save = h
+                tl.store(R_s + bh_t, r, mask=ok)
+                tl.store(Z_s + bh_t, z, mask=ok)
+                tl.store(N_s + bh_t, n, mask=ok)
+                tl.store(Aux_s + bh_t, aux, mask=ok)
+                tl.store(Hprev_s + bh_t, h_save, mask=ok)
+        tl.debug_barrier()
+
+    h_last = H_buf + (T % 2) * B * H
+    for c0 in range(0, H, BLOCK_N):
+        cols = c0 + tl.arange(0, BLOCK_N)
+        ok = row_ok[:, None] & (cols < H)[None, :]
+        bh = rows[:, None] * H + cols[None, :]
+        tl.store(H_n + bh, tl.load(h_last + bh, mask=ok, other=0.0), mask=ok)
+
+
+@triton.jit
+def gru_backward_wide_kernel(
+    W_hh, M_rec, Zone, Len, R_s, Z_s, N_s, Aux_s, Hprev_s, D_out, D_hn,
+    D_G, D_a, D_h0,
+    D_buf, DRH_buf,                                 # scratch: (2, B, H) dh, (B, H) d(rh) (reset-before)
+    T, B, H, keep_eval,
+    RESET_AFTER: tl.constexpr, ACT: tl.constexpr, REVERSE: tl.constexpr, HAS_D_OUT: tl.constexpr,
+    HAS_D_HN: tl.constexpr, HAS_M_REC: tl.constexpr, ZONE: tl.constexpr, HAS_LEN: tl.constexpr,
+    BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    """gru_backward_kernel's steps (same equations) for any H. Per step: the elementwise part writes D_G's
+    z and n blocks (reset-after also r and D_a) and the direct part of dh_prev (dh z + zoneout's share) into
+    the next dh buffer; reset-before then forms d(rh) = da_n W_hn and da_r; last the products add
+    m_h (dG W_hh) to dh_prev."""
+    pid = tl.program_id(0)
+    rows = (pid * BLOCK_B + tl.arange(0, BLOCK_B)).to(tl.int64)
+    row_ok = rows < B
+    if HAS_LEN:
+        length = tl.load(Len + rows, mask=row_ok, other=0)
+    for c0 in range(0, H, BLOCK_N):
+        cols = c0 + tl.arange(0, BLOCK_N)
+        ok = row_ok[:, None] & (cols < H)[None, :]
+        bh = rows[:, None] * H + cols[None, :]
+        if HAS_D_HN:
+            dh = tl.load(D_hn + bh, mask=ok, other=0.0)
+        else:
+            dh = tl.full((BLOCK_B, BLOCK_N), 0.0, tl.float32)
+        tl.store(D_buf + bh, dh, mask=ok)
+    tl.debug_barrier()
+
+    for s in range(0, T):
+        if REVERSE:
+            t = s
+        else:
+            t = T - 1 - s
+        d_cur = D_buf + (s % 2) * B * H
+        d_nxt = D_buf + ((s + 1) % 2) * B * H
+        dg_t = D_G + t.to(tl.int64) * B * 3 * H
+        da_t = D_a + t.to(tl.int64) * B * H
+        # elementwise part
+        for c0 in range(0, H, BLOCK_N):
+            cols = c0 + tl.arange(0, BLOCK_N)
+            ok = row_ok[:, None] & (cols < H)[None, :]
+            bh = rows[:, None] * H + cols[None, :]
+            bg = rows[:, None] * (3 * H) + cols[None, :]
+            bh_t = t.to(tl.int64) * B * H + bh
+            dh = tl.load(d_cur + bh, mask=ok, other=0.0)
+            d = dh
+            if HAS_D_OUT:
+                d += tl.load(D_out + bh_t, mask=ok, other=0.0)
+            if ZONE == 1:
+                k = tl.load(Zone + bh_t, mask=ok, other=0.0)
+                d_direct = d - k * d
+                d = k * d
+            elif ZONE == 2:
+                d_direct = d - keep_eval * d
+                d = keep_eval * d
+            r = tl.load(R_s + bh_t, mask=ok, other=0.0)
+            z = tl.load(Z_s + bh_t, mask=ok, other=0.0)
+            n = tl.load(N_s + bh_t, mask=ok, other=0.0)
+            h_prev = tl.load(Hprev_s + bh_t, mask=ok, other=0.0)
+            dn = d - d * z
+            da_z = _sigma_backward(z, d * (h_prev - n), ACT)
+            da_n = dn * (1.0 - n * n)
+            d_prev = d * z
+            if ZONE != 0:
+                d_prev += d_direct
+            if RESET_AFTER:
+                aux = tl.load(Aux_s + bh_t, mask=ok, other=0.0)
+                da_r = _sigma_backward(r, da_n * aux, ACT)
+                da = da_n * r
+            if HAS_LEN:
+                valid = (t < length)[:, None]
+                d_prev = tl.where(valid, d_prev, dh)
+                da_z = tl.where(valid, da_z, 0.0)
+                da_n = tl.where(valid, da_n, 0.0)
+                if RESET_AFTER:
+                    da_r = tl.where(valid, da_r, 0.0)
+                    da = tl.where(valid, da, 0.0)
+            tl.store(dg_t + bg + H, da_z, mask=ok)
+            tl.store(dg_t + bg + 2 * H, da_n, mask=ok)
+            if RESET_AFTER:
+                tl.store(dg_t + bg, da_r, mask=ok)
+                tl.store(da_t + bh, da, mask=ok)
+            tl.store(d_nxt + bh, d_prev, mask=ok)
+        tl.debug_barrier()
+        if not RESET_AFTER:  # d(rh) = da_n W_hn, then da_r = sigma'(r) d(rh) h_in
+            for c0 in range(0, H, BLOCK_N):
+                cols = c0 + tl.arange(0, BLOCK_N)
+                ok = row_ok[:, None] & (cols < H)[None, :]
+                bh = rows[:, None] * H + cols[None, :]
+                bh_t = t.to(tl.int64) * B * H + bh
+                d_rh = _product(dg_t + 2 * H, 3 * H, M_rec, W_hh, 2 * H, rows, row_ok, H, c0, False, False,
+                                BLOCK_B, BLOCK_N, BLOCK_K)
+                r = tl.load(R_s + bh_t, mask=ok, other=0.0)
+                h_in = tl.load(Hprev_s + bh_t, mask=ok, other=0.0)
+                if HAS_M_REC:
+                    h_in = h_in * tl.load(M_rec + bh, mask=ok, other=0.0)
+                da_r = _sigma_backward(r, d_rh * h_in, ACT)
+                if HAS_LEN:
+                    valid = (t < length)[:, None]
+                    da_r = tl.where(valid, da_r, 0.0)
+                    d_rh = tl.where(valid, d_rh, 0.0)
+                tl.store(dg_t + rows[:, None] * (3 * H) + cols[None, :], da_r, mask=ok)
+                tl.store(DRH_buf + bh, d_rh, mask=ok)
+            tl.debug_barrier()
+        # dh_prev += m_h (dG W_hh) (reset-before: m_h (d(rh) r + [da_r | da_z] W_h[rz]))
+        for c0 in range(0, H, BLOCK_N):
+            cols = c0 + tl.arange(0, BLOCK_N)
+            ok = row_ok[:, None] & (cols < H)[None, :]
+            bh = rows[:, None] * H + cols[None, :]
+            bh_t = t.to(tl.int64) * B * H + bh
+            d_in = _product(dg_t, 3 * H, M_rec, W_hh, 0, rows, row_ok, H, c0, False, False, BLOCK_B, BLOCK_N, BLOCK_K)
+            d_in += _product(dg_t + H, 3 * H, M_rec, W_hh, H, rows, row_ok, H, c0, False, False,
+                             BLOCK_B, BLOCK_N, BLOCK_K)
+            if RESET_AFTER:
+                d_in += _product(da_t, H, M_rec, W_hh, 2 * H, rows, row_ok, H, c0, False, False,
+                                 BLOCK_B, BLOCK_N, BLOCK_K)
+            else:
+                d_in += tl.load(DRH_buf + bh, mask=ok, other=0.0) * tl.load(R_s + bh_t, mask=ok, other=0.0)
+            if HAS_M_REC:
+                d_in = d_in * tl.load(M_rec + bh, mask=ok, other=0.0)
+            if HAS_LEN:
+                d_in = tl.where((t < length)[:, None], d_in, 0.0)
+            tl.store(d_nxt + bh, tl.load(d_nxt + bh, mask=ok, other=0.0) + d_in, mask=ok)
+        tl.debug_barrier()
+
+    d_last = D_buf + (T % 2) * B * H
+    for c0 in range(0, H, BLOCK_N):
+        cols = c0 + tl.arange(0, BLOCK_N)
+        ok = row_ok[:, None] & (cols < H)[None, :]
+        bh = rows[:, None] * H + cols[None, :]
+        tl.store(D_h0 + bh, tl.load(d_last + bh, mask=ok, other=0.0), mask=ok)

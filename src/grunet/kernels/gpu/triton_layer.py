@@ -40,6 +40,12 @@ __all__ = ["available", "runs_on", "supports", "gru_layer", "SUPPORTED_DTYPES"]
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 ACTIVATION_CODES = {"sigmoid": 0, "hard_sigmoid_keras2": 1, "hard_sigmoid_keras3": 2}
 BLOCK_B = 16  # batch rows per program: tl.dot's smallest tile side
+# Up to REGISTER_UNITS (H padded to a power of two) each program keeps its rows' state in registers and
+# multiplies by whole (HP, HP) tiles of W_hh; above it, the wide kernels keep the state in a global buffer
+# and multiply in (BLOCK_B, WIDE_BLOCK) tiles. Module variables, so that tests can send small layers through
+# the wide kernels.
+REGISTER_UNITS = 128
+WIDE_BLOCK = 64
 
 _kernel_modules: dict[bool, object] = {}  # interpreted? -> the loaded triton_kernels module
 
@@ -117,6 +123,8 @@ class _Call:
             self.zone, self.keep_eval = 0, 1.0
         self.grid = (triton_cdiv(B, BLOCK_B),)
         self.HP = _padded(H)
+        self.wide = self.HP > REGISTER_UNITS
+        self.block = WIDE_BLOCK
 
 
 def triton_cdiv(a: int, b: int) -> int:
@@ -133,14 +141,18 @@ class _TritonGRU(torch.autograd.Function):
         h_n = G.new_empty(B, H)
         saved = [G.new_empty(T, B, H) for _ in range(5)] if store else [out] * 5
         dummy = out
-        kernels.gru_forward_kernel[call.grid](
-            G, w_hh, b_hh if b_hh is not None else dummy, h0 if h0 is not None else dummy,
-            m_rec if m_rec is not None else dummy, zone if zone is not None else dummy,
-            lengths if lengths is not None else dummy,
-            out, h_n, *saved, T, B, H, call.keep_eval,
-            RESET_AFTER=call.reset_after, ACT=call.act, REVERSE=call.reverse, HAS_H0=h0 is not None,
-            HAS_B_HH=b_hh is not None, HAS_M_REC=m_rec is not None, ZONE=call.zone, HAS_LEN=lengths is not None,
-            STORE=store, BLOCK_B=BLOCK_B, HP=call.HP)
+        args = (G, w_hh, b_hh if b_hh is not None else dummy, h0 if h0 is not None else dummy,
+                m_rec if m_rec is not None else dummy, zone if zone is not None else dummy,
+                lengths if lengths is not None else dummy, out, h_n, *saved)
+        flags = dict(RESET_AFTER=call.reset_after, ACT=call.act, REVERSE=call.reverse, HAS_H0=h0 is not None,
+                     HAS_B_HH=b_hh is not None, HAS_M_REC=m_rec is not None, ZONE=call.zone,
+                     HAS_LEN=lengths is not None, STORE=store, BLOCK_B=BLOCK_B)
+        if call.wide:
+            scratch = (G.new_empty(2, B, H), G.new_empty(B, 3 * H), G.new_empty(B, H))
+            kernels.gru_forward_wide_kernel[call.grid](*args, *scratch, T, B, H, call.keep_eval, **flags,
+                                                       BLOCK_N=call.block, BLOCK_K=call.block)
+        else:
+            kernels.gru_forward_kernel[call.grid](*args, T, B, H, call.keep_eval, **flags, HP=call.HP)
         if store:
             ctx.save_for_backward(w_hh, m_rec, zone, lengths, *saved)
         ctx.call, ctx.kernels, ctx.stored = call, kernels, store
@@ -157,14 +169,19 @@ class _TritonGRU(torch.autograd.Function):
         d_a = r.new_empty(T, B, H) if call.reset_after else d_G
         d_h0 = r.new_empty(B, H)
         dummy = r
-        kernels.gru_backward_kernel[call.grid](
-            w_hh, m_rec if m_rec is not None else dummy, zone if zone is not None else dummy,
-            lengths if lengths is not None else dummy, r, z, n, aux, h_prev,
-            d_out.contiguous() if d_out is not None else dummy, d_hn.contiguous() if d_hn is not None else dummy,
-            d_G, d_a, d_h0, T, B, H, call.keep_eval,
-            RESET_AFTER=call.reset_after, ACT=call.act, REVERSE=call.reverse, HAS_D_OUT=d_out is not None,
-            HAS_D_HN=d_hn is not None, HAS_M_REC=m_rec is not None, ZONE=call.zone,
-            HAS_LEN=lengths is not None, BLOCK_B=BLOCK_B, HP=call.HP)
+        args = (w_hh, m_rec if m_rec is not None else dummy, zone if zone is not None else dummy,
+                lengths if lengths is not None else dummy, r, z, n, aux, h_prev,
+                d_out.contiguous() if d_out is not None else dummy,
+                d_hn.contiguous() if d_hn is not None else dummy, d_G, d_a, d_h0)
+        flags = dict(RESET_AFTER=call.reset_after, ACT=call.act, REVERSE=call.reverse, HAS_D_OUT=d_out is not None,
+                     HAS_D_HN=d_hn is not None, HAS_M_REC=m_rec is not None, ZONE=call.zone,
+                     HAS_LEN=lengths is not None, BLOCK_B=BLOCK_B)
+        if call.wide:
+            scratch = (r.new_empty(2, B, H), r.new_empty(B, H))
+            kernels.gru_backward_wide_kernel[call.grid](*args, *scratch, T, B, H, call.keep_eval, **flags,
+                                                        BLOCK_N=call.block, BLOCK_K=call.block)
+        else:
+            kernels.gru_backward_kernel[call.grid](*args, T, B, H, call.keep_eval, **flags, HP=call.HP)
         need_G, need_h0, need_w, need_b = ctx.needs_input_grad[:4]
         d_w_hh = d_b_hh = None
         if need_w or need_b:
