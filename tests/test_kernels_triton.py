@@ -45,7 +45,10 @@ def layer_case(T, B, I, H, spec, seed, *, lengths=False, h0=True, training=True,
     x = rnd(T, B, I, scale=2.0)
     state = rnd(B, H) if h0 else None
     b_hh = rnd(3 * H) if spec.reset_after else None
-    w = LayerWeights(rnd(3 * H, I), rnd(3 * H, H, scale=0.8), rnd(3 * H), b_hh)
+    gains = (None, None)
+    if spec.layer_norm:  # gains away from 1
+        gains = tuple((1 + rnd(3 * H, scale=0.5).detach()).requires_grad_() for _ in range(2))
+    w = LayerWeights(rnd(3 * H, I), rnd(3 * H, H, scale=0.8), rnd(3 * H), b_hh, *gains)
     n = None
     if lengths:
         n = torch.randint(1, T + 1, (B,), generator=g)
@@ -57,10 +60,10 @@ def layer_case(T, B, I, H, spec, seed, *, lengths=False, h0=True, training=True,
 
 
 def leaves(x, h0, w):
-    return [t for t in (x, h0, w.w_ih, w.w_hh, w.b_ih, w.b_hh) if t is not None]
+    return [t for t in (x, h0, w.w_ih, w.w_hh, w.b_ih, w.b_hh, w.g_ih, w.g_hh) if t is not None]
 
 
-NAMES = ("output", "h_n", "dx", "dh0", "dw_ih", "dw_hh", "db_ih", "db_hh")
+NAMES = ("output", "h_n", "dx", "dh0", "dw_ih", "dw_hh", "db_ih", "db_hh", "dg_ih", "dg_hh")
 
 
 def run(layer, x, h0, w, spec, masks, lengths, upstream):
@@ -79,7 +82,8 @@ def compare(x, h0, w, spec, masks, lengths, tol, reference_inputs=None):
     got = run(triton_layer.gru_layer, x, h0, w, spec, masks, lengths, upstream)
     ref_args = reference_inputs or (x, h0, w)
     want = run(reference.gru_layer, *ref_args, spec, masks, lengths, upstream)
-    names = [*NAMES[:2], *(n for n, t in zip(NAMES[2:], (x, h0, w.w_ih, w.w_hh, w.b_ih, w.b_hh)) if t is not None)]
+    names = [*NAMES[:2], *(n for n, t in zip(NAMES[2:], (x, h0, w.w_ih, w.w_hh, w.b_ih, w.b_hh, w.g_ih, w.g_hh))
+                           if t is not None)]
     assert len(got) == len(want) == len(names)
     for name, a, b in zip(names, got, want):
         assert_close(a, b, tol, name)
@@ -111,6 +115,11 @@ CASES = {
                                              weight_dropout=0.4), True, True),
     "reset_before_all_options_lengths_reverse": (dict(reset_after=False, recurrent_dropout=0.3, zoneout=0.25,
                                                       input_dropout=0.2, weight_dropout=0.4, reverse=True), True, True),
+    "layer_norm": (dict(layer_norm=True), False, True),
+    "layer_norm_keras3_reverse_no_h0": (dict(layer_norm=True, activation="hard_sigmoid_keras3", reverse=True),
+                                        False, False),
+    "layer_norm_all_options_lengths": (dict(layer_norm=True, recurrent_dropout=0.3, zoneout=0.25,
+                                            input_dropout=0.2, weight_dropout=0.4), True, True),
 }
 
 
@@ -210,9 +219,11 @@ def test_refuses_what_it_does_not_compute(monkeypatch):
     with pytest.raises(GrunetError, match="float64"):
         triton_layer.gru_layer(x.double(), state, w, spec, masks, n)
     ln = CellSpec(layer_norm=True)
-    with pytest.raises(GrunetError, match="layer_norm"):
-        triton_layer.gru_layer(x, state, w, ln, masks, n)
-    assert not triton_layer.supports(ln) and triton_layer.supports(CellSpec(reset_after=False, zoneout=0.5))
+    x_ln, state_ln, w_ln, masks, n = layer_case(2, 2, 3, 129, ln, seed=1)
+    with pytest.raises(GrunetError, match="layer_norm"):  # 129 units run in the wide kernels, which do not normalise
+        triton_layer.gru_layer(x_ln, state_ln, w_ln, ln, masks, n)
+    assert not triton_layer.supports(ln, 129) and triton_layer.supports(ln, 128) and triton_layer.supports(ln)
+    assert triton_layer.supports(CellSpec(reset_after=False, zoneout=0.5), 1024)
     assert triton_layer.runs_on(x) and triton_layer.available() is None
     monkeypatch.delenv("TRITON_INTERPRET")
     assert not triton_layer.runs_on(x)
@@ -224,12 +235,14 @@ def test_refuses_what_it_does_not_compute(monkeypatch):
 
 @cuda
 @pytest.mark.parametrize("fields", [dict(), dict(reset_after=False, activation="hard_sigmoid_keras2"),
-                                    dict(recurrent_dropout=0.25, zoneout=0.1, reverse=True)],
-                         ids=["reset_after", "reset_before_keras2", "options_reverse"])
+                                    dict(recurrent_dropout=0.25, zoneout=0.1, reverse=True), dict(layer_norm=True)],
+                         ids=["reset_after", "reset_before_keras2", "options_reverse", "layer_norm"])
 @pytest.mark.parametrize("H", [75, 256])
 def test_cuda_matches_reference(fields, H):
     """Compiled on the GPU, the tutorial's shape and a wide layer, with lengths."""
     spec = CellSpec(**fields)
+    if spec.layer_norm and H > triton_layer.REGISTER_UNITS:
+        pytest.skip("layer norm runs in the register kernels only")
     x, state, w, masks, n = layer_case(28, 50, 28, H, spec, seed=H, lengths=True, device="cuda")
     compare(x, state, w, spec, masks, n, 1e-4)
 

@@ -62,6 +62,17 @@ def _tanh(a):
 
 
 @triton.jit
+def _add(a, b):
+    return a + b
+
+
+@triton.jit
+def _row_sum(v):
+    """Sum over the units of each row (tl.reduce with this file's combine function: see the docstring)."""
+    return tl.reduce(v, 1, _add)
+
+
+@triton.jit
 def _tile(W, gate, H, HP: tl.constexpr, TRANSPOSED: tl.constexpr):
     """Gate block `gate` of W_hh (3H, H) as an (HP, HP) tile, zero outside H x H; TRANSPOSED gives W^T (for
     h @ W^T in the forward), else W itself (for dG @ W in the backward)."""
@@ -80,11 +91,15 @@ def gru_forward_kernel(
     G, W_hh, B_hh, H0, M_rec, Zone, Len,            # inputs (float32 except Len int64)
     Out, H_n,                                       # outputs
     R_s, Z_s, N_s, Aux_s, Hprev_s,                  # saved for the backward (STORE), each (T, B, H)
-    T, B, H, keep_eval,
+    G_hh, Xhat_s, Rstd_s,                           # layer norm: gains (3H,), saved (T, B, 3H) and (T, B)
+    T, B, H, keep_eval, eps,
     RESET_AFTER: tl.constexpr, ACT: tl.constexpr, REVERSE: tl.constexpr, HAS_H0: tl.constexpr,
     HAS_B_HH: tl.constexpr, HAS_M_REC: tl.constexpr, ZONE: tl.constexpr, HAS_LEN: tl.constexpr,
-    STORE: tl.constexpr, BLOCK_B: tl.constexpr, HP: tl.constexpr,
+    STORE: tl.constexpr, LAYER_NORM: tl.constexpr, BLOCK_B: tl.constexpr, HP: tl.constexpr,
 ):
+    """The whole sequence for BLOCK_B rows. LAYER_NORM (reset-after only): the recurrent projection
+    P = W_hh h_in is normalised over its 3H values per row, gh = (P - mean) rstd g_hh + b_hh, rstd =
+    1 / sqrt(var + eps); the input side arrives in G already normalised."""
     pid = tl.program_id(0)
     rows = (pid * BLOCK_B + tl.arange(0, BLOCK_B)).to(tl.int64)
     cols = tl.arange(0, HP)
@@ -104,6 +119,10 @@ def gru_forward_kernel(
         b_hr = tl.load(B_hh + cols, mask=col_ok, other=0.0)[None, :]
         b_hz = tl.load(B_hh + H + cols, mask=col_ok, other=0.0)[None, :]
         b_hn = tl.load(B_hh + 2 * H + cols, mask=col_ok, other=0.0)[None, :]
+    if LAYER_NORM:
+        gain_r = tl.load(G_hh + cols, mask=col_ok, other=0.0)[None, :]
+        gain_z = tl.load(G_hh + H + cols, mask=col_ok, other=0.0)[None, :]
+        gain_n = tl.load(G_hh + 2 * H + cols, mask=col_ok, other=0.0)[None, :]
     if HAS_LEN:
         length = tl.load(Len + rows, mask=row_ok, other=0)
 
@@ -121,10 +140,29 @@ def gru_forward_kernel(
         else:
             h_in = h
         # the W_hh tiles are read at every step: after the first they come from L2
-        a_r = g_r + tl.dot(h_in, _tile(W_hh, 0, H, HP, True), input_precision="ieee")
-        a_z = g_z + tl.dot(h_in, _tile(W_hh, 1, H, HP, True), input_precision="ieee")
+        p_r = tl.dot(h_in, _tile(W_hh, 0, H, HP, True), input_precision="ieee")
+        p_z = tl.dot(h_in, _tile(W_hh, 1, H, HP, True), input_precision="ieee")
+        if LAYER_NORM:  # over the 3H real units: the padded ones are 0 in P and masked out of the variance
+            p_n = tl.dot(h_in, _tile(W_hh, 2, H, HP, True), input_precision="ieee")
+            mean = ((_row_sum(p_r) + _row_sum(p_z) + _row_sum(p_n)) / (3 * H))[:, None]
+            c_r = tl.where(col_ok[None, :], p_r - mean, 0.0)
+            c_z = tl.where(col_ok[None, :], p_z - mean, 0.0)
+            c_n = tl.where(col_ok[None, :], p_n - mean, 0.0)
+            var = (_row_sum(c_r * c_r) + _row_sum(c_z * c_z) + _row_sum(c_n * c_n)) / (3 * H)
+            rstd = 1.0 / tl.sqrt_rn(var + eps)
+            x_r = c_r * rstd[:, None]
+            x_z = c_z * rstd[:, None]
+            x_n = c_n * rstd[:, None]
+            p_r = x_r * gain_r
+            p_z = x_z * gain_z
+            p_n = x_n * gain_n
+        a_r = g_r + p_r
+        a_z = g_z + p_z
         if RESET_AFTER:
-            a = tl.dot(h_in, _tile(W_hh, 2, H, HP, True), input_precision="ieee")
+            if LAYER_NORM:
+                a = p_n
+            else:
+                a = tl.dot(h_in, _tile(W_hh, 2, H, HP, True), input_precision="ieee")
             if HAS_B_HH:
                 a_r += b_hr
                 a_z += b_hz
@@ -166,6 +204,17 @@ def gru_forward_kernel(
             tl.store(N_s + bh_t, n, mask=ok)
             tl.store(Aux_s + bh_t, aux, mask=ok)
             tl.store(Hprev_s + bh_t, h_save, mask=ok)
+            if LAYER_NORM:
+                bg_t = t.to(tl.int64) * B * 3 * H + bg
+                if HAS_LEN:
+                    x_r = tl.where(valid, x_r, 0.0)
+                    x_z = tl.where(valid, x_z, 0.0)
+                    x_n = tl.where(valid, x_n, 0.0)
+                    rstd = tl.where(t < length, rstd, 0.0)
+                tl.store(Xhat_s + bg_t, x_r, mask=ok)
+                tl.store(Xhat_s + bg_t + H, x_z, mask=ok)
+                tl.store(Xhat_s + bg_t + 2 * H, x_n, mask=ok)
+                tl.store(Rstd_s + t.to(tl.int64) * B + rows, rstd, mask=row_ok)
         h = h_new
     tl.store(H_n + bh, h, mask=ok)
 
@@ -174,10 +223,11 @@ def gru_forward_kernel(
 def gru_backward_kernel(
     W_hh, M_rec, Zone, Len, R_s, Z_s, N_s, Aux_s, Hprev_s, D_out, D_hn,  # inputs
     D_G, D_a, D_h0,                                                    # outputs
+    G_hh, Xhat_s, Rstd_s, D_P,                      # layer norm: gains, saved values; out dP (T, B, 3H)
     T, B, H, keep_eval,
     RESET_AFTER: tl.constexpr, ACT: tl.constexpr, REVERSE: tl.constexpr, HAS_D_OUT: tl.constexpr,
     HAS_D_HN: tl.constexpr, HAS_M_REC: tl.constexpr, ZONE: tl.constexpr, HAS_LEN: tl.constexpr,
-    BLOCK_B: tl.constexpr, HP: tl.constexpr,
+    LAYER_NORM: tl.constexpr, BLOCK_B: tl.constexpr, HP: tl.constexpr,
 ):
     """Walking the forward's steps backwards with dh = dL/dh' (+ dL/dout_t), per row and unit:
         zoneout: dh~ = k dh', and h itself gets (1 - k) dh'          (then dh stands for dh~)
@@ -186,7 +236,10 @@ def gru_backward_kernel(
                       D_G = [da_r | da_z | da_n],  D_a = da
         reset-before: d(rh) = da_n W_hn,  da_r = sigma'(r) d(rh) h_in,
                       dh_prev += m_h (d(rh) r + [da_r|da_z] W_h[rz]),   D_G = [da_r | da_z | da_n]
-    A padded step (t >= len) passed h through: dh flows past it and its D_G rows are 0."""
+    A padded step (t >= len) passed h through: dh flows past it and its D_G rows are 0.
+    LAYER_NORM: the gradient of gh = xhat g_hh + b_hh, dgh = [da_r | da_z | da], goes through the norm's
+    backward, dP = rstd (dgh g - mean(dgh g) - xhat mean(dgh g xhat)) (means over the 3H units), which takes
+    dgh's place in the products: dh_prev += m_h (dP W_hh); D_P keeps it for dW_hh = dP^T h_in."""
     pid = tl.program_id(0)
     rows = (pid * BLOCK_B + tl.arange(0, BLOCK_B)).to(tl.int64)
     cols = tl.arange(0, HP)
@@ -202,6 +255,10 @@ def gru_backward_kernel(
         dh = tl.full((BLOCK_B, HP), 0.0, tl.float32)
     if HAS_M_REC:
         m_rec = tl.load(M_rec + bh, mask=ok, other=0.0)
+    if LAYER_NORM:
+        gain_r = tl.load(G_hh + cols, mask=col_ok, other=0.0)[None, :]
+        gain_z = tl.load(G_hh + H + cols, mask=col_ok, other=0.0)[None, :]
+        gain_n = tl.load(G_hh + 2 * H + cols, mask=col_ok, other=0.0)[None, :]
     if HAS_LEN:
         length = tl.load(Len + rows, mask=row_ok, other=0)
 
@@ -211,6 +268,7 @@ def gru_backward_kernel(
         else:
             t = T - 1 - s
         bh_t = t.to(tl.int64) * B * H + bh
+        bg_t = t.to(tl.int64) * B * 3 * H + bg
         d = dh
         if HAS_D_OUT:
             d += tl.load(D_out + bh_t, mask=ok, other=0.0)
@@ -232,9 +290,29 @@ def gru_backward_kernel(
         if RESET_AFTER:
             da_r = _sigma_backward(r, da_n * aux, ACT)
             da = da_n * r
-            d_in = (tl.dot(da_r, _tile(W_hh, 0, H, HP, False), input_precision="ieee")
-                    + tl.dot(da_z, _tile(W_hh, 1, H, HP, False), input_precision="ieee")
-                    + tl.dot(da, _tile(W_hh, 2, H, HP, False), input_precision="ieee"))
+            if LAYER_NORM:
+                x_r = tl.load(Xhat_s + bg_t, mask=ok, other=0.0)
+                x_z = tl.load(Xhat_s + bg_t + H, mask=ok, other=0.0)
+                x_n = tl.load(Xhat_s + bg_t + 2 * H, mask=ok, other=0.0)
+                rstd = tl.load(Rstd_s + t.to(tl.int64) * B + rows, mask=row_ok, other=0.0)[:, None]
+                dx_r = da_r * gain_r  # the padded units have gain 0 and xhat 0
+                dx_z = da_z * gain_z
+                dx_n = da * gain_n
+                mean_dx = ((_row_sum(dx_r) + _row_sum(dx_z) + _row_sum(dx_n)) / (3 * H))[:, None]
+                mean_dxx = ((_row_sum(dx_r * x_r) + _row_sum(dx_z * x_z) + _row_sum(dx_n * x_n)) / (3 * H))[:, None]
+                dp_r = tl.where(ok, rstd * (dx_r - mean_dx - x_r * mean_dxx), 0.0)
+                dp_z = tl.where(ok, rstd * (dx_z - mean_dx - x_z * mean_dxx), 0.0)
+                dp_n = tl.where(ok, rstd * (dx_n - mean_dx - x_n * mean_dxx), 0.0)
+                tl.store(D_P + bg_t, dp_r, mask=ok)
+                tl.store(D_P + bg_t + H, dp_z, mask=ok)
+                tl.store(D_P + bg_t + 2 * H, dp_n, mask=ok)
+            else:
+                dp_r = da_r
+                dp_z = da_z
+                dp_n = da
+            d_in = (tl.dot(dp_r, _tile(W_hh, 0, H, HP, False), input_precision="ieee")
+                    + tl.dot(dp_z, _tile(W_hh, 1, H, HP, False), input_precision="ieee")
+                    + tl.dot(dp_n, _tile(W_hh, 2, H, HP, False), input_precision="ieee"))
         else:
             d_rh = tl.dot(da_n, _tile(W_hh, 2, H, HP, False), input_precision="ieee")
             if HAS_M_REC:
@@ -257,7 +335,6 @@ def gru_backward_kernel(
             da_n = tl.where(valid, da_n, 0.0)
             if RESET_AFTER:
                 da = tl.where(valid, da, 0.0)
-        bg_t = t.to(tl.int64) * B * 3 * H + bg
         tl.store(D_G + bg_t, da_r, mask=ok)
         tl.store(D_G + bg_t + H, da_z, mask=ok)
         tl.store(D_G + bg_t + 2 * H, da_n, mask=ok)

@@ -14,9 +14,10 @@ How it runs:
 - the backward is one launch of gru_backward_kernel walking time the other way, which returns dG = [da_r |
   da_z | da_n] for every step; dW_hh and db_hh are then a few large torch products over all steps, and dx,
   dW_ih, db_ih come from autograd through G.
+Layer norm (reset-after): the input side is normalised with G (F.layer_norm, autograd), the recurrent side
+inside the step (the register kernels: up to REGISTER_UNITS units; wider layers with layer_norm are refused).
 float32 throughout inside; float16 and bfloat16 inputs are computed in float32 (state, products and
-accumulation) and the outputs returned in the input's dtype. float64 is refused. Layer norm is not in the
-kernel (a GrunetError names it).
+accumulation) and the outputs returned in the input's dtype. float64 is refused.
 
 CUDA tensors run the compiled kernels. With TRITON_INTERPRET=1 in the environment, CPU tensors run the same
 kernels in Triton's interpreter (numpy, slow: for tests on machines without a GPU).
@@ -29,9 +30,10 @@ import sys
 from typing import Optional
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
-from ...contract import NO_MASKS, CellSpec, LayerWeights, Masks
+from ...contract import LAYER_NORM_EPS, NO_MASKS, CellSpec, LayerWeights, Masks
 from ...errors import GrunetError
 from ...reference import masked_inputs
 
@@ -70,9 +72,10 @@ def runs_on(x: Tensor) -> bool:
     return x.is_cuda or (x.device.type == "cpu" and _interpreter_on())
 
 
-def supports(spec: CellSpec) -> bool:
-    """Whether the kernel computes ``spec``: every cell but layer norm."""
-    return isinstance(spec, CellSpec) and not spec.layer_norm
+def supports(spec: CellSpec, hidden_size: Optional[int] = None) -> bool:
+    """Whether the kernel computes ``spec``: every cell, layer norm only up to REGISTER_UNITS units."""
+    return isinstance(spec, CellSpec) and not (spec.layer_norm and hidden_size is not None
+                                               and _padded(hidden_size) > REGISTER_UNITS)
 
 
 def _kernels(interpreted: bool):
@@ -109,41 +112,42 @@ def _padded(H: int) -> int:
 class _Call:
     """The constants of one layer call, shared by its forward and backward launches."""
 
-    def __init__(self, spec: CellSpec, masks: Masks, T: int, B: int, H: int, has_b_hh: bool):
+    def __init__(self, spec: CellSpec, masks: Masks, T: int, B: int, H: int):
         self.T, self.B, self.H = T, B, H
         self.reset_after = spec.reset_after
         self.act = ACTIVATION_CODES[spec.activation]
         self.reverse = spec.reverse
-        self.has_b_hh = has_b_hh
+        self.layer_norm = spec.layer_norm
         if masks.zoneout is not None:
             self.zone, self.keep_eval = 1, 1.0
         elif spec.zoneout:
             self.zone, self.keep_eval = 2, 1.0 - spec.zoneout
         else:
             self.zone, self.keep_eval = 0, 1.0
-        self.grid = (triton_cdiv(B, BLOCK_B),)
+        self.grid = (-(-B // BLOCK_B),)
         self.HP = _padded(H)
         self.wide = self.HP > REGISTER_UNITS
         self.block = WIDE_BLOCK
 
 
-def triton_cdiv(a: int, b: int) -> int:
-    return -(-a // b)
+def _or(t: Optional[Tensor], dummy: Tensor) -> Tensor:
+    """A pointer argument for an absent tensor (its kernel flag is off, so it is never read)."""
+    return t if t is not None else dummy
 
 
 class _TritonGRU(torch.autograd.Function):
-    """(G, h0, w_hh, b_hh) -> (out, h_n); masks and lengths are constants of the call."""
+    """(G, h0, w_hh, b_hh, g_hh) -> (out, h_n); masks and lengths are constants of the call."""
 
     @staticmethod
-    def forward(ctx, G, h0, w_hh, b_hh, m_rec, zone, lengths, call: _Call, kernels, store: bool):
+    def forward(ctx, G, h0, w_hh, b_hh, g_hh, m_rec, zone, lengths, call: _Call, kernels, store: bool):
         T, B, H = call.T, call.B, call.H
         out = G.new_empty(T, B, H)
         h_n = G.new_empty(B, H)
+        # r, z, n, aux (a or rh), h_prev; layer norm also xhat (T, B, 3H) and rstd (T, B)
         saved = [G.new_empty(T, B, H) for _ in range(5)] if store else [out] * 5
-        dummy = out
-        args = (G, w_hh, b_hh if b_hh is not None else dummy, h0 if h0 is not None else dummy,
-                m_rec if m_rec is not None else dummy, zone if zone is not None else dummy,
-                lengths if lengths is not None else dummy, out, h_n, *saved)
+        ln_saved = [G.new_empty(T, B, 3 * H), G.new_empty(T, B)] if store and call.layer_norm else [out] * 2
+        args = (G, w_hh, _or(b_hh, out), _or(h0, out), _or(m_rec, out), _or(zone, out), _or(lengths, out),
+                out, h_n, *saved)
         flags = dict(RESET_AFTER=call.reset_after, ACT=call.act, REVERSE=call.reverse, HAS_H0=h0 is not None,
                      HAS_B_HH=b_hh is not None, HAS_M_REC=m_rec is not None, ZONE=call.zone,
                      HAS_LEN=lengths is not None, STORE=store, BLOCK_B=BLOCK_B)
@@ -152,9 +156,10 @@ class _TritonGRU(torch.autograd.Function):
             kernels.gru_forward_wide_kernel[call.grid](*args, *scratch, T, B, H, call.keep_eval, **flags,
                                                        BLOCK_N=call.block, BLOCK_K=call.block)
         else:
-            kernels.gru_forward_kernel[call.grid](*args, T, B, H, call.keep_eval, **flags, HP=call.HP)
+            kernels.gru_forward_kernel[call.grid](*args, _or(g_hh, out), *ln_saved, T, B, H, call.keep_eval,
+                                                  LAYER_NORM_EPS, **flags, LAYER_NORM=call.layer_norm, HP=call.HP)
         if store:
-            ctx.save_for_backward(w_hh, m_rec, zone, lengths, *saved)
+            ctx.save_for_backward(w_hh, g_hh, m_rec, zone, lengths, *saved, *(ln_saved if call.layer_norm else ()))
         ctx.call, ctx.kernels, ctx.stored = call, kernels, store
         return out, h_n
 
@@ -162,17 +167,16 @@ class _TritonGRU(torch.autograd.Function):
     def backward(ctx, d_out, d_hn):
         if not ctx.stored:  # pragma: no cover - autograd calls backward only when a gradient is due
             raise RuntimeError("grunet triton GRU: backward without saved activations")
-        w_hh, m_rec, zone, lengths, r, z, n, aux, h_prev = ctx.saved_tensors
+        w_hh, g_hh, m_rec, zone, lengths, r, z, n, aux, h_prev, *ln_saved = ctx.saved_tensors
         call, kernels = ctx.call, ctx.kernels
         T, B, H = call.T, call.B, call.H
         d_G = r.new_empty(T, B, 3 * H)
         d_a = r.new_empty(T, B, H) if call.reset_after else d_G
+        d_P = r.new_empty(T, B, 3 * H) if call.layer_norm else d_G
         d_h0 = r.new_empty(B, H)
-        dummy = r
-        args = (w_hh, m_rec if m_rec is not None else dummy, zone if zone is not None else dummy,
-                lengths if lengths is not None else dummy, r, z, n, aux, h_prev,
-                d_out.contiguous() if d_out is not None else dummy,
-                d_hn.contiguous() if d_hn is not None else dummy, d_G, d_a, d_h0)
+        args = (w_hh, _or(m_rec, r), _or(zone, r), _or(lengths, r), r, z, n, aux, h_prev,
+                d_out.contiguous() if d_out is not None else r, d_hn.contiguous() if d_hn is not None else r,
+                d_G, d_a, d_h0)
         flags = dict(RESET_AFTER=call.reset_after, ACT=call.act, REVERSE=call.reverse, HAS_D_OUT=d_out is not None,
                      HAS_D_HN=d_hn is not None, HAS_M_REC=m_rec is not None, ZONE=call.zone,
                      HAS_LEN=lengths is not None, BLOCK_B=BLOCK_B)
@@ -181,22 +185,26 @@ class _TritonGRU(torch.autograd.Function):
             kernels.gru_backward_wide_kernel[call.grid](*args, *scratch, T, B, H, call.keep_eval, **flags,
                                                         BLOCK_N=call.block, BLOCK_K=call.block)
         else:
-            kernels.gru_backward_kernel[call.grid](*args, T, B, H, call.keep_eval, **flags, HP=call.HP)
-        need_G, need_h0, need_w, need_b = ctx.needs_input_grad[:4]
-        d_w_hh = d_b_hh = None
-        if need_w or need_b:
+            xhat, rstd = ln_saved if call.layer_norm else (r, r)
+            kernels.gru_backward_kernel[call.grid](*args, _or(g_hh, r), xhat, rstd, d_P, T, B, H, call.keep_eval,
+                                                   **flags, LAYER_NORM=call.layer_norm, HP=call.HP)
+        need_G, need_h0, need_w, need_b, need_g = ctx.needs_input_grad[:5]
+        d_w_hh = d_b_hh = d_g_hh = None
+        if need_w or need_b or need_g:
             rows = T * B
-            h_in = h_prev if m_rec is None else h_prev * m_rec  # what the recurrent products read
-            if call.reset_after:  # gh = W_hh h_in + b_hh: its gradient is [da_r | da_z | da]
-                d_gh = torch.cat((d_G[..., : 2 * H], d_a), -1).view(rows, 3 * H)
-                if need_w:
-                    d_w_hh = d_gh.T @ h_in.view(rows, H)
+            h_in = (h_prev if m_rec is None else h_prev * m_rec).view(rows, H)  # what the products read
+            if call.reset_after:  # gh = W_hh h_in + b_hh (layer norm: LN(W_hh h_in) g_hh + b_hh)
+                d_gh = torch.cat((d_G[..., : 2 * H], d_a), -1).view(rows, 3 * H)  # [da_r | da_z | da]
+                if need_w:  # layer norm: the kernel took d_gh through the norm to dP = d(W_hh h_in)
+                    d_w_hh = (d_P.view(rows, 3 * H) if call.layer_norm else d_gh).T @ h_in
                 if need_b:
                     d_b_hh = d_gh.sum(0)
+                if need_g:
+                    d_g_hh = (d_gh * ln_saved[0].view(rows, 3 * H)).sum(0)
             elif need_w:  # W_h[rz] reads h_in, W_hn reads rh = r * h_in
                 flat = d_G.view(rows, 3 * H)
-                d_w_hh = torch.cat((flat[:, : 2 * H].T @ h_in.view(rows, H), flat[:, 2 * H:].T @ aux.view(rows, H)))
-        return (d_G if need_G else None, d_h0 if need_h0 else None, d_w_hh, d_b_hh,
+                d_w_hh = torch.cat((flat[:, : 2 * H].T @ h_in, flat[:, 2 * H:].T @ aux.view(rows, H)))
+        return (d_G if need_G else None, d_h0 if need_h0 else None, d_w_hh, d_b_hh, d_g_hh,
                 None, None, None, None, None, None)
 
 
@@ -208,9 +216,10 @@ def _check(x: Tensor, weights: LayerWeights, spec: CellSpec) -> None:
     if not runs_on(x):
         raise GrunetError(f"impl='triton': expected a CUDA tensor (or a CPU tensor with TRITON_INTERPRET=1), got "
                           f"a {x.device.type} tensor")
-    if spec.layer_norm:
-        raise GrunetError("impl='triton': expected a cell without layer_norm (the Triton kernel does not compute "
-                          "the layer-normalised GRU), got layer_norm=True")
+    H = weights.w_hh.shape[1]
+    if spec.layer_norm and _padded(H) > REGISTER_UNITS:
+        raise GrunetError(f"impl='triton': expected hidden_size <= {REGISTER_UNITS} with layer_norm (the wide "
+                          f"kernels do not normalise), got {H}")
     reason = available()
     if reason is not None:
         raise GrunetError(f"impl='triton': expected the Triton kernel to be available, got: {reason}")
@@ -236,17 +245,25 @@ def gru_layer(
     w_ih, w_hh = weights.w_ih.to(f32), weights.w_hh.to(f32).contiguous()
     b_ih = weights.b_ih.to(f32) if weights.b_ih is not None else None
     b_hh = weights.b_hh.to(f32) if (spec.reset_after and weights.b_hh is not None) else None
-    # the input side of every step in one product: G = x W_ih^T + b_ih (reset-before: b_ih is the one bias b)
-    G = (torch.addmm(b_ih, x32.reshape(T * B, -1), w_ih.T) if b_ih is not None
-         else x32.reshape(T * B, -1) @ w_ih.T).view(T, B, 3 * H)
+    # the input side of every step in one product: G = x W_ih^T + b_ih (reset-before: b_ih is the one bias b;
+    # layer norm: G = LN(x W_ih^T) g_ih + b_ih)
+    x_flat = x32.reshape(T * B, -1)
+    if spec.layer_norm:
+        G = F.layer_norm(x_flat @ w_ih.T, (3 * H,), weights.g_ih.to(f32), b_ih, LAYER_NORM_EPS)
+    elif b_ih is not None:
+        G = torch.addmm(b_ih, x_flat, w_ih.T)
+    else:
+        G = x_flat @ w_ih.T
+    G = G.view(T, B, 3 * H)
+    g_hh = weights.g_hh.to(f32) if spec.layer_norm else None
     h0_32 = h0.to(f32).contiguous() if h0 is not None else None
     m_rec = masks.recurrent.to(device=x.device, dtype=f32).contiguous() if masks.recurrent is not None else None
     zone = masks.zoneout.to(device=x.device, dtype=f32).contiguous() if masks.zoneout is not None else None
     if lengths is not None:
         lengths = lengths.to(device=x.device, dtype=torch.int64).contiguous()
-    call = _Call(spec, masks, T, B, H, b_hh is not None)
+    call = _Call(spec, masks, T, B, H)
     kernels = _kernels(not x.is_cuda)
     # inference (grad off, or nothing requires grad) saves no activations
-    store = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (G, h0_32, w_hh, b_hh))
-    out, h_n = _TritonGRU.apply(G.contiguous(), h0_32, w_hh, b_hh, m_rec, zone, lengths, call, kernels, store)
+    store = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (G, h0_32, w_hh, b_hh, g_hh))
+    out, h_n = _TritonGRU.apply(G.contiguous(), h0_32, w_hh, b_hh, g_hh, m_rec, zone, lengths, call, kernels, store)
     return out.to(dtype), h_n.to(dtype)
