@@ -151,6 +151,17 @@ def test_several_programs_and_padded_units():
     compare(x, state, w, spec, masks, n, 1e-5)
 
 
+@pytest.mark.parametrize("name", ["reset_after_all_options_lengths", "reset_before_all_options_lengths_reverse",
+                                  "layer_norm_all_options_lengths"])
+def test_weights_read_at_every_step(name, monkeypatch):
+    """The register kernels with W_hh read from memory at every step (layers above RESIDENT_UNITS)."""
+    monkeypatch.setattr(triton_layer, "RESIDENT_UNITS", 8)
+    fields, lengths, h0 = CASES[name]
+    spec = CellSpec(**fields)
+    x, state, w, masks, n = layer_case(4, 3, 4, 20, spec, seed=len(name), lengths=lengths, h0=h0)
+    compare(x, state, w, spec, masks, n, 1e-5)
+
+
 WIDE_CASES = ["reset_after", "reset_before_keras2", "reset_after_lengths_reverse", "reset_before_no_h0_lengths",
               "reset_after_all_options_lengths", "reset_before_all_options_lengths_reverse"]
 

@@ -87,6 +87,17 @@ def _tile(W, gate, H, HP: tl.constexpr, TRANSPOSED: tl.constexpr):
 
 
 @triton.jit
+def _weights(resident, W_hh, gate, H, HP: tl.constexpr, TRANSPOSED: tl.constexpr, RESIDENT: tl.constexpr):
+    """The gate's W_hh tile for this step: the one loaded before the time loop (RESIDENT), else read again
+    from global memory (L2 after the first step)."""
+    if RESIDENT:
+        tile = resident
+    else:
+        tile = _tile(W_hh, gate, H, HP, TRANSPOSED)
+    return tile
+
+
+@triton.jit
 def gru_forward_kernel(
     G, W_hh, B_hh, H0, M_rec, Zone, Len,            # inputs (float32 except Len int64)
     Out, H_n,                                       # outputs
@@ -95,7 +106,8 @@ def gru_forward_kernel(
     T, B, H, keep_eval, eps,
     RESET_AFTER: tl.constexpr, ACT: tl.constexpr, REVERSE: tl.constexpr, HAS_H0: tl.constexpr,
     HAS_B_HH: tl.constexpr, HAS_M_REC: tl.constexpr, ZONE: tl.constexpr, HAS_LEN: tl.constexpr,
-    STORE: tl.constexpr, LAYER_NORM: tl.constexpr, BLOCK_B: tl.constexpr, HP: tl.constexpr,
+    STORE: tl.constexpr, LAYER_NORM: tl.constexpr, RESIDENT: tl.constexpr, BLOCK_B: tl.constexpr,
+    HP: tl.constexpr,
 ):
     """The whole sequence for BLOCK_B rows. LAYER_NORM (reset-after only): the recurrent projection
     P = W_hh h_in is normalised over its 3H values per row, gh = (P - mean) rstd g_hh + b_hh, rstd =
@@ -126,6 +138,14 @@ def gru_forward_kernel(
     if HAS_LEN:
         length = tl.load(Len + rows, mask=row_ok, other=0)
 
+    if RESIDENT:  # small layers: W_hh stays in registers for the whole sequence
+        w_0 = _tile(W_hh, 0, H, HP, True)
+        w_1 = _tile(W_hh, 1, H, HP, True)
+        w_2 = _tile(W_hh, 2, H, HP, True)
+    else:
+        w_0 = 0.0
+        w_1 = 0.0
+        w_2 = 0.0
     for s in range(0, T):
         if REVERSE:
             t = T - 1 - s
@@ -140,10 +160,10 @@ def gru_forward_kernel(
         else:
             h_in = h
         # the W_hh tiles are read at every step: after the first they come from L2
-        p_r = tl.dot(h_in, _tile(W_hh, 0, H, HP, True), input_precision="ieee")
-        p_z = tl.dot(h_in, _tile(W_hh, 1, H, HP, True), input_precision="ieee")
+        p_r = tl.dot(h_in, _weights(w_0, W_hh, 0, H, HP, True, RESIDENT), input_precision="ieee")
+        p_z = tl.dot(h_in, _weights(w_1, W_hh, 1, H, HP, True, RESIDENT), input_precision="ieee")
         if LAYER_NORM:  # over the 3H real units: the padded ones are 0 in P and masked out of the variance
-            p_n = tl.dot(h_in, _tile(W_hh, 2, H, HP, True), input_precision="ieee")
+            p_n = tl.dot(h_in, _weights(w_2, W_hh, 2, H, HP, True, RESIDENT), input_precision="ieee")
             mean = ((_row_sum(p_r) + _row_sum(p_z) + _row_sum(p_n)) / (3 * H))[:, None]
             c_r = tl.where(col_ok[None, :], p_r - mean, 0.0)
             c_z = tl.where(col_ok[None, :], p_z - mean, 0.0)
@@ -162,7 +182,7 @@ def gru_forward_kernel(
             if LAYER_NORM:
                 a = p_n
             else:
-                a = tl.dot(h_in, _tile(W_hh, 2, H, HP, True), input_precision="ieee")
+                a = tl.dot(h_in, _weights(w_2, W_hh, 2, H, HP, True, RESIDENT), input_precision="ieee")
             if HAS_B_HH:
                 a_r += b_hr
                 a_z += b_hz
@@ -175,7 +195,8 @@ def gru_forward_kernel(
             r = _sigma(a_r, ACT)
             z = _sigma(a_z, ACT)
             aux = r * h_in  # rh
-            n = _tanh(g_n + tl.dot(aux, _tile(W_hh, 2, H, HP, True), input_precision="ieee"))
+            p_n = tl.dot(aux, _weights(w_2, W_hh, 2, H, HP, True, RESIDENT), input_precision="ieee")
+            n = _tanh(g_n + p_n)
         h_new = z * h + (1.0 - z) * n
         bh_t = t.to(tl.int64) * B * H + bh
         if ZONE == 1:
@@ -227,7 +248,7 @@ def gru_backward_kernel(
     T, B, H, keep_eval,
     RESET_AFTER: tl.constexpr, ACT: tl.constexpr, REVERSE: tl.constexpr, HAS_D_OUT: tl.constexpr,
     HAS_D_HN: tl.constexpr, HAS_M_REC: tl.constexpr, ZONE: tl.constexpr, HAS_LEN: tl.constexpr,
-    LAYER_NORM: tl.constexpr, BLOCK_B: tl.constexpr, HP: tl.constexpr,
+    LAYER_NORM: tl.constexpr, RESIDENT: tl.constexpr, BLOCK_B: tl.constexpr, HP: tl.constexpr,
 ):
     """Walking the forward's steps backwards with dh = dL/dh' (+ dL/dout_t), per row and unit:
         zoneout: dh~ = k dh', and h itself gets (1 - k) dh'          (then dh stands for dh~)
@@ -262,6 +283,14 @@ def gru_backward_kernel(
     if HAS_LEN:
         length = tl.load(Len + rows, mask=row_ok, other=0)
 
+    if RESIDENT:  # small layers: W_hh stays in registers for the whole sequence
+        w_0 = _tile(W_hh, 0, H, HP, False)
+        w_1 = _tile(W_hh, 1, H, HP, False)
+        w_2 = _tile(W_hh, 2, H, HP, False)
+    else:
+        w_0 = 0.0
+        w_1 = 0.0
+        w_2 = 0.0
     for s in range(0, T):
         if REVERSE:
             t = s
@@ -310,18 +339,19 @@ def gru_backward_kernel(
                 dp_r = da_r
                 dp_z = da_z
                 dp_n = da
-            d_in = (tl.dot(dp_r, _tile(W_hh, 0, H, HP, False), input_precision="ieee")
-                    + tl.dot(dp_z, _tile(W_hh, 1, H, HP, False), input_precision="ieee")
-                    + tl.dot(dp_n, _tile(W_hh, 2, H, HP, False), input_precision="ieee"))
+            d_in = (tl.dot(dp_r, _weights(w_0, W_hh, 0, H, HP, False, RESIDENT), input_precision="ieee")
+                    + tl.dot(dp_z, _weights(w_1, W_hh, 1, H, HP, False, RESIDENT), input_precision="ieee")
+                    + tl.dot(dp_n, _weights(w_2, W_hh, 2, H, HP, False, RESIDENT), input_precision="ieee"))
         else:
-            d_rh = tl.dot(da_n, _tile(W_hh, 2, H, HP, False), input_precision="ieee")
+            d_rh = tl.dot(da_n, _weights(w_2, W_hh, 2, H, HP, False, RESIDENT), input_precision="ieee")
             if HAS_M_REC:
                 h_in = m_rec * h_prev
             else:
                 h_in = h_prev
             da_r = _sigma_backward(r, d_rh * h_in, ACT)
-            d_in = (d_rh * r + tl.dot(da_r, _tile(W_hh, 0, H, HP, False), input_precision="ieee")
-                    + tl.dot(da_z, _tile(W_hh, 1, H, HP, False), input_precision="ieee"))
+            d_in = (d_rh * r
+                    + tl.dot(da_r, _weights(w_0, W_hh, 0, H, HP, False, RESIDENT), input_precision="ieee")
+                    + tl.dot(da_z, _weights(w_1, W_hh, 1, H, HP, False, RESIDENT), input_precision="ieee"))
         if HAS_M_REC:
             d_in = m_rec * d_in
         d_prev = d * z + d_in

@@ -48,6 +48,10 @@ BLOCK_B = 16  # batch rows per program: tl.dot's smallest tile side
 # the wide kernels.
 REGISTER_UNITS = 128
 WIDE_BLOCK = 64
+# Up to RESIDENT_UNITS (padded) the register kernels load W_hh's three gate tiles once, before the time loop,
+# and keep them in registers (3 x 64 x 64 floats over 8 warps: 48 registers a thread); wider, every step reads
+# them again (from L2 after the first).
+RESIDENT_UNITS = 64
 
 _kernel_modules: dict[bool, object] = {}  # interpreted? -> the loaded triton_kernels module
 
@@ -127,7 +131,9 @@ class _Call:
         self.grid = (-(-B // BLOCK_B),)
         self.HP = _padded(H)
         self.wide = self.HP > REGISTER_UNITS
+        self.resident = self.HP <= RESIDENT_UNITS
         self.block = WIDE_BLOCK
+        self.num_warps = 4 if self.HP <= 32 else 8
 
 
 def _or(t: Optional[Tensor], dummy: Tensor) -> Tensor:
@@ -156,8 +162,9 @@ class _TritonGRU(torch.autograd.Function):
             kernels.gru_forward_wide_kernel[call.grid](*args, *scratch, T, B, H, call.keep_eval, **flags,
                                                        BLOCK_N=call.block, BLOCK_K=call.block)
         else:
-            kernels.gru_forward_kernel[call.grid](*args, _or(g_hh, out), *ln_saved, T, B, H, call.keep_eval,
-                                                  LAYER_NORM_EPS, **flags, LAYER_NORM=call.layer_norm, HP=call.HP)
+            kernels.gru_forward_kernel[call.grid](
+                *args, _or(g_hh, out), *ln_saved, T, B, H, call.keep_eval, LAYER_NORM_EPS, **flags,
+                LAYER_NORM=call.layer_norm, RESIDENT=call.resident, HP=call.HP, num_warps=call.num_warps)
         if store:
             ctx.save_for_backward(w_hh, g_hh, m_rec, zone, lengths, *saved, *(ln_saved if call.layer_norm else ()))
         ctx.call, ctx.kernels, ctx.stored = call, kernels, store
@@ -186,8 +193,9 @@ class _TritonGRU(torch.autograd.Function):
                                                         BLOCK_N=call.block, BLOCK_K=call.block)
         else:
             xhat, rstd = ln_saved if call.layer_norm else (r, r)
-            kernels.gru_backward_kernel[call.grid](*args, _or(g_hh, r), xhat, rstd, d_P, T, B, H, call.keep_eval,
-                                                   **flags, LAYER_NORM=call.layer_norm, HP=call.HP)
+            kernels.gru_backward_kernel[call.grid](
+                *args, _or(g_hh, r), xhat, rstd, d_P, T, B, H, call.keep_eval, **flags,
+                LAYER_NORM=call.layer_norm, RESIDENT=call.resident, HP=call.HP, num_warps=call.num_warps)
         need_G, need_h0, need_w, need_b, need_g = ctx.needs_input_grad[:5]
         d_w_hh = d_b_hh = d_g_hh = None
         if need_w or need_b or need_g:
