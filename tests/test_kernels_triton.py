@@ -163,7 +163,8 @@ def test_weights_read_at_every_step(name, monkeypatch):
 
 
 WIDE_CASES = ["reset_after", "reset_before_keras2", "reset_after_lengths_reverse", "reset_before_no_h0_lengths",
-              "reset_after_all_options_lengths", "reset_before_all_options_lengths_reverse"]
+              "reset_after_all_options_lengths", "reset_before_all_options_lengths_reverse", "layer_norm",
+              "layer_norm_all_options_lengths"]
 
 
 @pytest.mark.parametrize("name", WIDE_CASES)
@@ -229,12 +230,7 @@ def test_refuses_what_it_does_not_compute(monkeypatch):
     x, state, w, masks, n = layer_case(2, 2, 3, 4, spec, seed=1)
     with pytest.raises(GrunetError, match="float64"):
         triton_layer.gru_layer(x.double(), state, w, spec, masks, n)
-    ln = CellSpec(layer_norm=True)
-    x_ln, state_ln, w_ln, masks, n = layer_case(2, 2, 3, 129, ln, seed=1)
-    with pytest.raises(GrunetError, match="layer_norm"):  # 129 units run in the wide kernels, which do not normalise
-        triton_layer.gru_layer(x_ln, state_ln, w_ln, ln, masks, n)
-    assert not triton_layer.supports(ln, 129) and triton_layer.supports(ln, 128) and triton_layer.supports(ln)
-    assert triton_layer.supports(CellSpec(reset_after=False, zoneout=0.5), 1024)
+    assert triton_layer.supports(CellSpec(layer_norm=True, zoneout=0.5, recurrent_dropout=0.1))
     assert triton_layer.runs_on(x) and triton_layer.available() is None
     monkeypatch.delenv("TRITON_INTERPRET")
     assert not triton_layer.runs_on(x)
@@ -252,8 +248,6 @@ def test_refuses_what_it_does_not_compute(monkeypatch):
 def test_cuda_matches_reference(fields, H):
     """Compiled on the GPU, the tutorial's shape and a wide layer, with lengths."""
     spec = CellSpec(**fields)
-    if spec.layer_norm and H > triton_layer.REGISTER_UNITS:
-        pytest.skip("layer norm runs in the register kernels only")
     x, state, w, masks, n = layer_case(28, 50, 28, H, spec, seed=H, lengths=True, device="cuda")
     compare(x, state, w, spec, masks, n, 1e-4)
 

@@ -415,13 +415,16 @@ def gru_forward_wide_kernel(
     G, W_hh, B_hh, H0, M_rec, Zone, Len,
     Out, H_n,
     R_s, Z_s, N_s, Aux_s, Hprev_s,
+    G_hh, Xhat_s, Rstd_s,
     H_buf, P_buf, RH_buf,                           # scratch: (2, B, H) state, (B, 3H) products, (B, H) r*h_in
-    T, B, H, keep_eval,
+    T, B, H, keep_eval, eps,
     RESET_AFTER: tl.constexpr, ACT: tl.constexpr, REVERSE: tl.constexpr, HAS_H0: tl.constexpr,
     HAS_B_HH: tl.constexpr, HAS_M_REC: tl.constexpr, ZONE: tl.constexpr, HAS_LEN: tl.constexpr,
-    STORE: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    STORE: tl.constexpr, LAYER_NORM: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
 ):
-    """gru_forward_kernel's steps (same equations) for any H."""
+    """gru_forward_kernel's steps (same equations) for any H. LAYER_NORM: the rows' mean of P over 3H is
+    summed from the product tiles, the variance in a second pass over P_buf, and the gate pass normalises."""
     pid = tl.program_id(0)
     rows = (pid * BLOCK_B + tl.arange(0, BLOCK_B)).to(tl.int64)
     row_ok = rows < B
@@ -447,6 +450,7 @@ def gru_forward_wide_kernel(
         h_nxt = H_buf + ((s + 1) % 2) * B * H
         g_t = G + t.to(tl.int64) * B * 3 * H
         # products: P_r, P_z (and reset-after P_n = W_hn h_in) for every column
+        p_sum = tl.full((BLOCK_B,), 0.0, tl.float32)
         for j0 in range(0, H, BLOCK_N):
             j = j0 + tl.arange(0, BLOCK_N)
             for gate in tl.static_range(3):
@@ -455,7 +459,19 @@ def gru_forward_wide_kernel(
                                    BLOCK_B, BLOCK_N, BLOCK_K)
                     tl.store(P_buf + rows[:, None] * (3 * H) + gate * H + j[None, :], acc,
                              mask=row_ok[:, None] & (j < H)[None, :])
+                    if LAYER_NORM:  # the padded units are 0 in acc
+                        p_sum += _row_sum(acc)
         tl.debug_barrier()
+        if LAYER_NORM:  # var = mean((P - mean)^2) over the 3H units, a second pass over P_buf
+            mean = p_sum / (3 * H)
+            p_var = tl.full((BLOCK_B,), 0.0, tl.float32)
+            for c0 in range(0, 3 * H, BLOCK_N):
+                cols = c0 + tl.arange(0, BLOCK_N)
+                ok = row_ok[:, None] & (cols < 3 * H)[None, :]
+                c = tl.where(ok, tl.load(P_buf + rows[:, None] * (3 * H) + cols[None, :], mask=ok, other=0.0)
+                             - mean[:, None], 0.0)
+                p_var += _row_sum(c * c)
+            rstd = 1.0 / tl.sqrt_rn(p_var / (3 * H) + eps)
         if not RESET_AFTER:  # rh = r * h_in for every column, then P_n = W_hn rh
             for c0 in range(0, H, BLOCK_N):
                 cols = c0 + tl.arange(0, BLOCK_N)
@@ -483,10 +499,19 @@ def gru_forward_wide_kernel(
             bh = rows[:, None] * H + cols[None, :]
             bg = rows[:, None] * (3 * H) + cols[None, :]
             h = tl.load(h_cur + bh, mask=ok, other=0.0)
-            a_r = tl.load(g_t + bg, mask=ok, other=0.0) + tl.load(P_buf + bg, mask=ok, other=0.0)
-            a_z = tl.load(g_t + bg + H, mask=ok, other=0.0) + tl.load(P_buf + bg + H, mask=ok, other=0.0)
-            g_n = tl.load(g_t + bg + 2 * H, mask=ok, other=0.0)
+            p_r = tl.load(P_buf + bg, mask=ok, other=0.0)
+            p_z = tl.load(P_buf + bg + H, mask=ok, other=0.0)
             p_n = tl.load(P_buf + bg + 2 * H, mask=ok, other=0.0)
+            if LAYER_NORM:  # gh = xhat g_hh (+ b_hh below)
+                x_r = tl.where(ok, (p_r - mean[:, None]) * rstd[:, None], 0.0)
+                x_z = tl.where(ok, (p_z - mean[:, None]) * rstd[:, None], 0.0)
+                x_n = tl.where(ok, (p_n - mean[:, None]) * rstd[:, None], 0.0)
+                p_r = x_r * tl.load(G_hh + cols, mask=col_ok, other=0.0)[None, :]
+                p_z = x_z * tl.load(G_hh + H + cols, mask=col_ok, other=0.0)[None, :]
+                p_n = x_n * tl.load(G_hh + 2 * H + cols, mask=col_ok, other=0.0)[None, :]
+            a_r = tl.load(g_t + bg, mask=ok, other=0.0) + p_r
+            a_z = tl.load(g_t + bg + H, mask=ok, other=0.0) + p_z
+            g_n = tl.load(g_t + bg + 2 * H, mask=ok, other=0.0)
             if RESET_AFTER:
                 if HAS_B_HH:
                     a_r += tl.load(B_hh + cols, mask=col_ok, other=0.0)[None, :]
@@ -530,6 +555,20 @@ def gru_forward_wide_kernel(
                 tl.store(N_s + bh_t, n, mask=ok)
                 tl.store(Aux_s + bh_t, aux, mask=ok)
                 tl.store(Hprev_s + bh_t, h_save, mask=ok)
+                if LAYER_NORM:
+                    bg_t = t.to(tl.int64) * B * 3 * H + bg
+                    if HAS_LEN:
+                        x_r = tl.where(valid, x_r, 0.0)
+                        x_z = tl.where(valid, x_z, 0.0)
+                        x_n = tl.where(valid, x_n, 0.0)
+                    tl.store(Xhat_s + bg_t, x_r, mask=ok)
+                    tl.store(Xhat_s + bg_t + H, x_z, mask=ok)
+                    tl.store(Xhat_s + bg_t + 2 * H, x_n, mask=ok)
+        if STORE:
+            if LAYER_NORM:
+                if HAS_LEN:
+                    rstd = tl.where(t < length, rstd, 0.0)
+                tl.store(Rstd_s + t.to(tl.int64) * B + rows, rstd, mask=row_ok)
         tl.debug_barrier()
 
     h_last = H_buf + (T % 2) * B * H
@@ -544,16 +583,18 @@ def gru_forward_wide_kernel(
 def gru_backward_wide_kernel(
     W_hh, M_rec, Zone, Len, R_s, Z_s, N_s, Aux_s, Hprev_s, D_out, D_hn,
     D_G, D_a, D_h0,
+    G_hh, Xhat_s, Rstd_s, D_P,
     D_buf, DRH_buf,                                 # scratch: (2, B, H) dh, (B, H) d(rh) (reset-before)
     T, B, H, keep_eval,
     RESET_AFTER: tl.constexpr, ACT: tl.constexpr, REVERSE: tl.constexpr, HAS_D_OUT: tl.constexpr,
     HAS_D_HN: tl.constexpr, HAS_M_REC: tl.constexpr, ZONE: tl.constexpr, HAS_LEN: tl.constexpr,
-    BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    LAYER_NORM: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     """gru_backward_kernel's steps (same equations) for any H. Per step: the elementwise part writes D_G's
     z and n blocks (reset-after also r and D_a) and the direct part of dh_prev (dh z + zoneout's share) into
-    the next dh buffer; reset-before then forms d(rh) = da_n W_hn and da_r; last the products add
-    m_h (dG W_hh) to dh_prev."""
+    the next dh buffer; reset-before then forms d(rh) = da_n W_hn and da_r; layer norm sums the rows' means
+    of dgh g and dgh g xhat in the elementwise part and then writes dP tile by tile; last the products add
+    m_h (dG W_hh) (layer norm: m_h (dP W_hh)) to dh_prev."""
     pid = tl.program_id(0)
     rows = (pid * BLOCK_B + tl.arange(0, BLOCK_B)).to(tl.int64)
     row_ok = rows < B
@@ -579,6 +620,10 @@ def gru_backward_wide_kernel(
         d_nxt = D_buf + ((s + 1) % 2) * B * H
         dg_t = D_G + t.to(tl.int64) * B * 3 * H
         da_t = D_a + t.to(tl.int64) * B * H
+        dp_t = D_P + t.to(tl.int64) * B * 3 * H
+        if LAYER_NORM:
+            sum_dx = tl.full((BLOCK_B,), 0.0, tl.float32)
+            sum_dxx = tl.full((BLOCK_B,), 0.0, tl.float32)
         # elementwise part
         for c0 in range(0, H, BLOCK_N):
             cols = c0 + tl.arange(0, BLOCK_N)
@@ -625,7 +670,34 @@ def gru_backward_wide_kernel(
                 tl.store(dg_t + bg, da_r, mask=ok)
                 tl.store(da_t + bh, da, mask=ok)
             tl.store(d_nxt + bh, d_prev, mask=ok)
+            if LAYER_NORM:  # dgh g for the three gates of these units (padded units: gain 0, xhat 0)
+                xt = Xhat_s + t.to(tl.int64) * B * 3 * H + bg
+                dx_r = da_r * tl.load(G_hh + cols, mask=cols < H, other=0.0)[None, :]
+                dx_z = da_z * tl.load(G_hh + H + cols, mask=cols < H, other=0.0)[None, :]
+                dx_n = da * tl.load(G_hh + 2 * H + cols, mask=cols < H, other=0.0)[None, :]
+                sum_dx += _row_sum(dx_r + dx_z + dx_n)
+                sum_dxx += _row_sum(dx_r * tl.load(xt, mask=ok, other=0.0) + dx_z * tl.load(xt + H, mask=ok, other=0.0)
+                                    + dx_n * tl.load(xt + 2 * H, mask=ok, other=0.0))
         tl.debug_barrier()
+        if LAYER_NORM:  # dP = rstd (dgh g - mean(dgh g) - xhat mean(dgh g xhat)), gate by gate
+            mean_dx = (sum_dx / (3 * H))[:, None]
+            mean_dxx = (sum_dxx / (3 * H))[:, None]
+            rstd = tl.load(Rstd_s + t.to(tl.int64) * B + rows, mask=row_ok, other=0.0)[:, None]
+            for c0 in range(0, H, BLOCK_N):
+                cols = c0 + tl.arange(0, BLOCK_N)
+                ok = row_ok[:, None] & (cols < H)[None, :]
+                bh = rows[:, None] * H + cols[None, :]
+                bg = rows[:, None] * (3 * H) + cols[None, :]
+                xt = Xhat_s + t.to(tl.int64) * B * 3 * H + bg
+                for gate in tl.static_range(3):
+                    if gate == 2:
+                        dgh = tl.load(da_t + bh, mask=ok, other=0.0)
+                    else:
+                        dgh = tl.load(dg_t + bg + gate * H, mask=ok, other=0.0)
+                    dx = dgh * tl.load(G_hh + gate * H + cols, mask=cols < H, other=0.0)[None, :]
+                    x_g = tl.load(xt + gate * H, mask=ok, other=0.0)
+                    tl.store(dp_t + bg + gate * H, rstd * (dx - mean_dx - x_g * mean_dxx), mask=ok)
+            tl.debug_barrier()
         if not RESET_AFTER:  # d(rh) = da_n W_hn, then da_r = sigma'(r) d(rh) h_in
             for c0 in range(0, H, BLOCK_N):
                 cols = c0 + tl.arange(0, BLOCK_N)
@@ -652,14 +724,23 @@ def gru_backward_wide_kernel(
             ok = row_ok[:, None] & (cols < H)[None, :]
             bh = rows[:, None] * H + cols[None, :]
             bh_t = t.to(tl.int64) * B * H + bh
-            d_in = _product(dg_t, 3 * H, M_rec, W_hh, 0, rows, row_ok, H, c0, False, False, BLOCK_B, BLOCK_N, BLOCK_K)
-            d_in += _product(dg_t + H, 3 * H, M_rec, W_hh, H, rows, row_ok, H, c0, False, False,
-                             BLOCK_B, BLOCK_N, BLOCK_K)
-            if RESET_AFTER:
-                d_in += _product(da_t, H, M_rec, W_hh, 2 * H, rows, row_ok, H, c0, False, False,
+            if LAYER_NORM:
+                d_in = _product(dp_t, 3 * H, M_rec, W_hh, 0, rows, row_ok, H, c0, False, False,
+                                BLOCK_B, BLOCK_N, BLOCK_K)
+                d_in += _product(dp_t + H, 3 * H, M_rec, W_hh, H, rows, row_ok, H, c0, False, False,
+                                 BLOCK_B, BLOCK_N, BLOCK_K)
+                d_in += _product(dp_t + 2 * H, 3 * H, M_rec, W_hh, 2 * H, rows, row_ok, H, c0, False, False,
                                  BLOCK_B, BLOCK_N, BLOCK_K)
             else:
-                d_in += tl.load(DRH_buf + bh, mask=ok, other=0.0) * tl.load(R_s + bh_t, mask=ok, other=0.0)
+                d_in = _product(dg_t, 3 * H, M_rec, W_hh, 0, rows, row_ok, H, c0, False, False,
+                                BLOCK_B, BLOCK_N, BLOCK_K)
+                d_in += _product(dg_t + H, 3 * H, M_rec, W_hh, H, rows, row_ok, H, c0, False, False,
+                                 BLOCK_B, BLOCK_N, BLOCK_K)
+                if RESET_AFTER:
+                    d_in += _product(da_t, H, M_rec, W_hh, 2 * H, rows, row_ok, H, c0, False, False,
+                                     BLOCK_B, BLOCK_N, BLOCK_K)
+                else:
+                    d_in += tl.load(DRH_buf + bh, mask=ok, other=0.0) * tl.load(R_s + bh_t, mask=ok, other=0.0)
             if HAS_M_REC:
                 d_in = d_in * tl.load(M_rec + bh, mask=ok, other=0.0)
             if HAS_LEN:

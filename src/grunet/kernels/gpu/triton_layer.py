@@ -15,7 +15,7 @@ How it runs:
   da_z | da_n] for every step; dW_hh and db_hh are then a few large torch products over all steps, and dx,
   dW_ih, db_ih come from autograd through G.
 Layer norm (reset-after): the input side is normalised with G (F.layer_norm, autograd), the recurrent side
-inside the step (the register kernels: up to REGISTER_UNITS units; wider layers with layer_norm are refused).
+inside the step.
 float32 throughout inside; float16 and bfloat16 inputs are computed in float32 (state, products and
 accumulation) and the outputs returned in the input's dtype. float64 is refused.
 
@@ -76,10 +76,10 @@ def runs_on(x: Tensor) -> bool:
     return x.is_cuda or (x.device.type == "cpu" and _interpreter_on())
 
 
-def supports(spec: CellSpec, hidden_size: Optional[int] = None) -> bool:
-    """Whether the kernel computes ``spec``: every cell, layer norm only up to REGISTER_UNITS units."""
-    return isinstance(spec, CellSpec) and not (spec.layer_norm and hidden_size is not None
-                                               and _padded(hidden_size) > REGISTER_UNITS)
+def supports(spec: CellSpec) -> bool:
+    """Whether the kernel computes ``spec``: every CellSpec (input and weight dropout are applied before it,
+    as in every implementation: grunet.reference.masked_inputs)."""
+    return isinstance(spec, CellSpec)
 
 
 def _kernels(interpreted: bool):
@@ -159,8 +159,9 @@ class _TritonGRU(torch.autograd.Function):
                      HAS_LEN=lengths is not None, STORE=store, BLOCK_B=BLOCK_B)
         if call.wide:
             scratch = (G.new_empty(2, B, H), G.new_empty(B, 3 * H), G.new_empty(B, H))
-            kernels.gru_forward_wide_kernel[call.grid](*args, *scratch, T, B, H, call.keep_eval, **flags,
-                                                       BLOCK_N=call.block, BLOCK_K=call.block)
+            kernels.gru_forward_wide_kernel[call.grid](
+                *args, _or(g_hh, out), *ln_saved, *scratch, T, B, H, call.keep_eval, LAYER_NORM_EPS, **flags,
+                LAYER_NORM=call.layer_norm, BLOCK_N=call.block, BLOCK_K=call.block)
         else:
             kernels.gru_forward_kernel[call.grid](
                 *args, _or(g_hh, out), *ln_saved, T, B, H, call.keep_eval, LAYER_NORM_EPS, **flags,
@@ -187,12 +188,13 @@ class _TritonGRU(torch.autograd.Function):
         flags = dict(RESET_AFTER=call.reset_after, ACT=call.act, REVERSE=call.reverse, HAS_D_OUT=d_out is not None,
                      HAS_D_HN=d_hn is not None, HAS_M_REC=m_rec is not None, ZONE=call.zone,
                      HAS_LEN=lengths is not None, BLOCK_B=BLOCK_B)
+        xhat, rstd = ln_saved if call.layer_norm else (r, r)
         if call.wide:
             scratch = (r.new_empty(2, B, H), r.new_empty(B, H))
-            kernels.gru_backward_wide_kernel[call.grid](*args, *scratch, T, B, H, call.keep_eval, **flags,
-                                                        BLOCK_N=call.block, BLOCK_K=call.block)
+            kernels.gru_backward_wide_kernel[call.grid](
+                *args, _or(g_hh, r), xhat, rstd, d_P, *scratch, T, B, H, call.keep_eval, **flags,
+                LAYER_NORM=call.layer_norm, BLOCK_N=call.block, BLOCK_K=call.block)
         else:
-            xhat, rstd = ln_saved if call.layer_norm else (r, r)
             kernels.gru_backward_kernel[call.grid](
                 *args, _or(g_hh, r), xhat, rstd, d_P, T, B, H, call.keep_eval, **flags,
                 LAYER_NORM=call.layer_norm, RESIDENT=call.resident, HP=call.HP, num_warps=call.num_warps)
@@ -224,10 +226,6 @@ def _check(x: Tensor, weights: LayerWeights, spec: CellSpec) -> None:
     if not runs_on(x):
         raise GrunetError(f"impl='triton': expected a CUDA tensor (or a CPU tensor with TRITON_INTERPRET=1), got "
                           f"a {x.device.type} tensor")
-    H = weights.w_hh.shape[1]
-    if spec.layer_norm and _padded(H) > REGISTER_UNITS:
-        raise GrunetError(f"impl='triton': expected hidden_size <= {REGISTER_UNITS} with layer_norm (the wide "
-                          f"kernels do not normalise), got {H}")
     reason = available()
     if reason is not None:
         raise GrunetError(f"impl='triton': expected the Triton kernel to be available, got: {reason}")
