@@ -1,21 +1,32 @@
-"""The Triton kernels of the GRU time loop: one persistent program per block of batch rows.
+"""The Triton kernels of the GRU time loop: one persistent program per block of BLOCK_B batch rows.
 
 The input side G = x W_ih^T + b_ih (T, B, 3H), rows r | z | n, is computed for all steps before the loop
-(one large product). Each program then walks the whole sequence holding its rows' state h (BLOCK_B, HP) in
-registers; HP is H padded to a power of two >= 16 (what tl.dot needs), the padding being zero in the weight
-tiles, so padded units stay 0 and never reach a real one. Symbols as in grunet.reference and grunet.contract:
+(one large product). Each program then walks the whole sequence for its rows. Symbols as in grunet.reference
+and grunet.contract:
 
     h_in = m_h * h                     (recurrent dropout; h_in = h without it)
     reset-after:   a   = W_hn h_in + b_hn
                    r = sigma(G_r + W_hr h_in + b_hr)   z = sigma(G_z + W_hz h_in + b_hz)   n = tanh(G_n + r a)
     reset-before:  rh  = r * h_in
                    r = sigma(G_r + W_hr h_in)          z = sigma(G_z + W_hz h_in)          n = tanh(G_n + W_hn rh)
+    layer norm (reset-after): W_hh h_in -> LN(W_hh h_in) g_hh over its 3H values (the input side is in G)
     h~ = z h + (1 - z) n,   zoneout: h' = h + k (h~ - h)   (k: the (T, B, H) mask in training, 1 - p in eval)
     lengths: a row with t >= len keeps h and outputs 0
 
-The backward walks time the other way (equations beside it, as in kernels/cpu/gru_backward.cpp) and stores
-dG = [da_r | da_z | da_n] for every step, from which the caller forms dx, dW_ih, dW_hh and the biases with
-a few large products outside the loop.
+Two pairs of kernels (forward, backward) compute this:
+- gru_forward_kernel / gru_backward_kernel hold the rows' state (BLOCK_B, HP) in registers, HP being H padded
+  to a power of two >= 16 (tl.dot's smallest side); the padding is zero in the weight tiles, so padded
+  units stay 0 and never reach a real one. Each gate's product is one tl.dot with an (HP, HP) tile of W_hh,
+  loaded once before the time loop (RESIDENT) or at every step;
+- gru_forward_wide_kernel / gru_backward_wide_kernel, for layers whose (HP, HP) tiles do not fit on chip:
+  the state and the products sit in small global buffers and the products run in column tiles.
+The backwards walk time the other way (equations beside them, as in kernels/cpu/gru_backward.cpp) and store
+dG = [da_r | da_z | da_n] for every step (reset-after also da = d(W_hn h_in + b_hn); layer norm dP =
+d(W_hh h_in)), from which the caller forms dW_hh and the biases with a few large products after the loop.
+
+Codes: ACT 0 sigmoid, 1 hard_sigmoid_keras2, 2 hard_sigmoid_keras3; ZONE 0 off, 1 the training mask, 2 eval
+(keep_eval = 1 - p). Every product uses input_precision="ieee": float32 as the reference computes it (TF32
+would differ from it by ~1e-3).
 
 This file is imported twice by grunet.kernels.gpu.triton_layer: compiled for CUDA tensors and, with
 TRITON_INTERPRET=1 while it is imported, interpreted (numpy) for CPU tensors. The kernels call only
@@ -26,9 +37,6 @@ cannot call those.
 """
 import triton
 import triton.language as tl
-
-SIGMOID, HARD_SIGMOID_KERAS2, HARD_SIGMOID_KERAS3 = 0, 1, 2
-ZONE_NONE, ZONE_MASK, ZONE_EVAL = 0, 1, 2
 
 
 @triton.jit

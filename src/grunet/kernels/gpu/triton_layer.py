@@ -2,20 +2,21 @@
 
 Same function as grunet.reference.gru_layer (the equations are there, in grunet.contract and beside the
 kernels in triton_kernels.py), with the arguments of grunet.contract: ``gru_layer(x (T,B,I), h0 (B,H) or
-None (zeros), weights, spec, masks, lengths) -> (out (T,B,H), h_n (B,H))``.
+None (zeros), weights, spec, masks, lengths) -> (out (T,B,H), h_n (B,H))``. Every CellSpec runs: both
+variants, the three recurrent activations, reverse, lengths, layer norm, recurrent dropout and zoneout (the
+kernels read the (B, H) and (T, B, H) masks), input and weight dropout (applied to x and W_hh first, by
+grunet.reference.masked_inputs, as in every implementation).
 
 How it runs:
-- input and weight dropout are applied first (grunet.reference.masked_inputs), as in every implementation;
-- the input side of all steps at once, G = x W_ih^T + b_ih (T, B, 3H), is one torch product (cuBLAS on a
-  GPU), left to autograd;
-- one launch of triton_kernels.gru_forward_kernel walks the sequence, each program holding BLOCK_B rows'
-  state in registers; in training it saves r, z, n, a (reset-after) or r*h_in (reset-before) and h_prev per
-  step, without grad it saves nothing;
-- the backward is one launch of gru_backward_kernel walking time the other way, which returns dG = [da_r |
-  da_z | da_n] for every step; dW_hh and db_hh are then a few large torch products over all steps, and dx,
-  dW_ih, db_ih come from autograd through G.
-Layer norm (reset-after): the input side is normalised with G (F.layer_norm, autograd), the recurrent side
-inside the step.
+- the input side of all steps at once, G = x W_ih^T + b_ih (T, B, 3H) (layer norm: LN(x W_ih^T) g_ih +
+  b_ih), is one torch product (cuBLAS on a GPU), left to autograd: dx, dW_ih, db_ih, dg_ih come from it;
+- one forward launch walks the sequence, each program holding BLOCK_B batch rows. Up to REGISTER_UNITS
+  (H padded to a power of two) the state stays in registers and, up to RESIDENT_UNITS, W_hh too; wider
+  layers use the wide kernels (state and products in small global buffers, products in column tiles). In
+  training it saves r, z, n, a (reset-after) or r*h_in (reset-before), h_prev (and layer norm's xhat and
+  rstd) per step; without grad, or when nothing requires grad, it saves nothing;
+- the backward is one launch walking time the other way, returning dG = [da_r | da_z | da_n] for every step
+  (the gradient of G) and dh0; dW_hh, db_hh and dg_hh are then a few large torch products over all steps.
 float32 throughout inside; float16 and bfloat16 inputs are computed in float32 (state, products and
 accumulation) and the outputs returned in the input's dtype. float64 is refused.
 
@@ -35,6 +36,7 @@ from torch import Tensor
 
 from ...contract import LAYER_NORM_EPS, NO_MASKS, CellSpec, LayerWeights, Masks
 from ...errors import GrunetError
+from ...reference import gru_layer as reference_layer
 from ...reference import masked_inputs
 
 __all__ = ["available", "runs_on", "supports", "gru_layer", "SUPPORTED_DTYPES"]
@@ -218,7 +220,7 @@ class _TritonGRU(torch.autograd.Function):
                 None, None, None, None, None, None)
 
 
-def _check(x: Tensor, weights: LayerWeights, spec: CellSpec) -> None:
+def _check(x: Tensor) -> None:
     if x.dtype not in SUPPORTED_DTYPES:
         kinds = ", ".join(str(d).replace("torch.", "") for d in SUPPORTED_DTYPES)
         raise GrunetError(f"impl='triton': expected {kinds} input, got {str(x.dtype).replace('torch.', '')} "
@@ -240,7 +242,9 @@ def gru_layer(
     lengths: Optional[Tensor] = None,
 ) -> tuple[Tensor, Tensor]:
     """One GRU layer over x (T, B, I) from h0 (B, H) -> (output (T, B, H), h_n (B, H)); see module docstring."""
-    _check(x, weights, spec)
+    _check(x)
+    if x.shape[0] == 0 or x.shape[1] == 0:  # nothing to launch over (an empty grid or time loop)
+        return reference_layer(x, h0, weights, spec, masks, lengths)
     x, weights = masked_inputs(x, weights, masks)
     dtype = x.dtype
     f32 = torch.float32
