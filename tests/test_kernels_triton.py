@@ -244,9 +244,10 @@ def test_refuses_what_it_does_not_compute(monkeypatch):
 @pytest.mark.parametrize("fields", [dict(), dict(reset_after=False, activation="hard_sigmoid_keras2"),
                                     dict(recurrent_dropout=0.25, zoneout=0.1, reverse=True), dict(layer_norm=True)],
                          ids=["reset_after", "reset_before_keras2", "options_reverse", "layer_norm"])
-@pytest.mark.parametrize("H", [75, 256])
+@pytest.mark.parametrize("H", [48, 75, 256])
 def test_cuda_matches_reference(fields, H):
-    """Compiled on the GPU, the tutorial's shape and a wide layer, with lengths."""
+    """Compiled on the GPU with lengths: the register kernels (48 units), the tutorial's shape and a wide layer
+    (the wide kernels)."""
     spec = CellSpec(**fields)
     x, state, w, masks, n = layer_case(28, 50, 28, H, spec, seed=H, lengths=True, device="cuda")
     compare(x, state, w, spec, masks, n, 1e-4)
@@ -259,3 +260,55 @@ def test_cuda_bf16():
     as32 = lambda t: None if t is None else t.detach().float().requires_grad_()  # noqa: E731
     ref_inputs = (as32(x), as32(state), LayerWeights(*(as32(t) for t in (w.w_ih, w.w_hh, w.b_ih, w.b_hh))))
     compare(x, state, w, spec, masks, n, 3e-2, reference_inputs=ref_inputs)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Compiled for a Hopper GPU without one: Triton's compiler and the ptxas it ships run on any machine, so the
+# kernels' compiled form (not only the interpreter's) is checked here, with the shared memory it needs.
+SHARED_MEMORY_LIMIT = 227 * 1024  # what one block may use on an H100 / H200 (sm_90)
+
+
+def compile_for_hopper(kernel, constants, num_warps):
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler.compiler import ASTSource
+
+    types = {"T": "i32", "B": "i32", "H": "i32", "keep_eval": "fp32", "eps": "fp32", "Len": "*i64"}
+    signature = {name: "constexpr" if name in constants else types.get(name, "*fp32") for name in kernel.arg_names}
+    source = ASTSource(kernel, signature, constexprs=constants)
+    return triton.compile(source, target=GPUTarget("cuda", 90, 32), options={"num_warps": num_warps})
+
+
+@pytest.mark.parametrize("H", [16, 64, 75, 512])
+@pytest.mark.parametrize("fields", [dict(layer_norm=True, recurrent_dropout=0.2, zoneout=0.1),
+                                    dict(reset_after=False, activation="hard_sigmoid_keras2", reverse=True)],
+                         ids=["reset_after_all_options", "reset_before"])
+def test_kernels_compile_for_hopper_within_shared_memory(H, fields, monkeypatch):
+    """The kernels the layer picks for H compile to sm_90 machine code and fit one block's shared memory."""
+    monkeypatch.delenv("TRITON_INTERPRET")
+    import triton
+
+    if "nvidia" not in getattr(triton.backends, "backends", {}):
+        pytest.skip("this triton has no CUDA backend")
+    spec = CellSpec(**fields)
+    masks = Masks(recurrent=torch.ones(1, H), zoneout=torch.ones(1, 1, H)) if spec.zoneout else Masks()
+    call = triton_layer._Call(spec, masks, 1, 1, H)
+    kernels = triton_layer._kernels(False)
+    common = dict(RESET_AFTER=call.reset_after, ACT=call.act, REVERSE=call.reverse,
+                  HAS_M_REC=spec.recurrent_dropout > 0, ZONE=call.zone, HAS_LEN=True, LAYER_NORM=call.layer_norm,
+                  BLOCK_B=triton_layer.BLOCK_B)
+    forward = dict(common, HAS_H0=True, HAS_B_HH=call.reset_after, STORE=True)
+    backward = dict(common, HAS_D_OUT=True, HAS_D_HN=True)
+    if call.wide:
+        tiles = dict(BLOCK_N=call.block, BLOCK_K=call.block)
+        pairs = [(kernels.gru_forward_wide_kernel, dict(forward, **tiles), 4),
+                 (kernels.gru_backward_wide_kernel, dict(backward, **tiles), 4)]
+    else:
+        tiles = dict(RESIDENT=call.resident, HP=call.HP)
+        pairs = [(kernels.gru_forward_kernel, dict(forward, **tiles), call.num_warps),
+                 (kernels.gru_backward_kernel, dict(backward, **tiles), call.num_warps)]
+    assert call.wide == (H > 64)
+    for kernel, constants, num_warps in pairs:
+        compiled = compile_for_hopper(kernel, constants, num_warps)
+        assert compiled.asm["cubin"], kernel.__name__
+        assert 0 < compiled.metadata.shared <= SHARED_MEMORY_LIMIT, (kernel.__name__, compiled.metadata.shared)

@@ -46,13 +46,15 @@ ACTIVATION_CODES = {"sigmoid": 0, "hard_sigmoid_keras2": 1, "hard_sigmoid_keras3
 BLOCK_B = 16  # batch rows per program: tl.dot's smallest tile side
 # Up to REGISTER_UNITS (H padded to a power of two) each program keeps its rows' state in registers and
 # multiplies by whole (HP, HP) tiles of W_hh; above it, the wide kernels keep the state in a global buffer
-# and multiply in (BLOCK_B, WIDE_BLOCK) tiles. Module variables, so that tests can send small layers through
-# the wide kernels.
-REGISTER_UNITS = 128
-WIDE_BLOCK = 64
+# and multiply in (BLOCK_B, block) tiles, block = WIDE_BLOCK or, when that is None, 32 up to 128 units (75
+# units: 96 columns computed rather than 128) and 64 above. Compiled for sm_90, the register kernels at 64
+# units take 52 KiB (forward) and 108 KiB (backward) of shared memory, at 128 units 392 and 536 KiB, over
+# the 227 KiB an H100/H200 block may have: hence 64. Module variables, so that tests can send small layers
+# through the other kernels.
+REGISTER_UNITS = 64
+WIDE_BLOCK: Optional[int] = None
 # Up to RESIDENT_UNITS (padded) the register kernels load W_hh's three gate tiles once, before the time loop,
-# and keep them in registers (3 x 64 x 64 floats over 8 warps: 48 registers a thread); wider, every step reads
-# them again (from L2 after the first).
+# and keep them on chip for the whole sequence; wider, every step reads them again (from L2 after the first).
 RESIDENT_UNITS = 64
 
 _kernel_modules: dict[bool, object] = {}  # interpreted? -> the loaded triton_kernels module
@@ -134,7 +136,7 @@ class _Call:
         self.HP = _padded(H)
         self.wide = self.HP > REGISTER_UNITS
         self.resident = self.HP <= RESIDENT_UNITS
-        self.block = WIDE_BLOCK
+        self.block = WIDE_BLOCK or (32 if H <= 128 else 64)
         self.num_warps = 4 if self.HP <= 32 else 8
 
 
