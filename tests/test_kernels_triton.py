@@ -186,14 +186,46 @@ def test_wide_kernels_match_reference(name, monkeypatch):
         assert_close(a, b, 1e-5, name_)
 
 
-def test_inference_keeps_nothing_and_matches():
-    """Without grad the forward saves no activations (nothing to backward through) and gives the same numbers."""
+class LaunchSpy:
+    """Stands for the kernels module and records each launch's kernel name and STORE flag."""
+
+    def __init__(self, kernels):
+        self.kernels, self.launches = kernels, []
+
+    def __getattr__(self, name):
+        kernel = getattr(self.kernels, name)
+        spy = self
+
+        class Grid:
+            def __getitem__(self, grid):
+                def launch(*args, **kwargs):
+                    spy.launches.append((name, kwargs.get("STORE")))
+                    return kernel[grid](*args, **kwargs)
+
+                return launch
+
+        return Grid()
+
+
+def test_inference_keeps_nothing_and_matches(monkeypatch):
+    """Without grad the forward saves no activations and gives the same numbers; with grad it saves them."""
     spec = CellSpec(reset_after=False, activation="hard_sigmoid_keras2", zoneout=0.1)
     x, state, w, masks, n = layer_case(6, 4, 3, 9, spec, seed=5, lengths=True, training=False)
+    spies = []
+    real = triton_layer._kernels
+
+    def spied(interpreted):
+        spies.append(LaunchSpy(real(interpreted)))
+        return spies[-1]
+
+    monkeypatch.setattr(triton_layer, "_kernels", spied)
     with torch.no_grad():
         out, h_n = triton_layer.gru_layer(x, state, w, spec, masks, n)
         want_out, want_h = reference.gru_layer(x, state, w, spec, masks, n)
     assert out.grad_fn is None and h_n.grad_fn is None
+    assert spies[-1].launches == [("gru_forward_kernel", False)]
+    triton_layer.gru_layer(x, state, w, spec, masks, n)[1].sum().backward()
+    assert spies[-1].launches == [("gru_forward_kernel", True), ("gru_backward_kernel", None)]
     assert_close(out, want_out, 1e-5, "output")
     assert_close(h_n, want_h, 1e-5, "h_n")
     # padding outputs exact zeros
