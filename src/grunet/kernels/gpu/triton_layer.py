@@ -22,6 +22,10 @@ accumulation) and the outputs returned in the input's dtype. float64 is refused.
 
 CUDA tensors run the compiled kernels. With TRITON_INTERPRET=1 in the environment, CPU tensors run the same
 kernels in Triton's interpreter (numpy, slow: for tests on machines without a GPU).
+
+Under torch.compile the layer is left out of the graph (torch.compiler.disable: one graph break per layer
+call) and runs as in eager mode: Dynamo would otherwise trace into the launches (and into the interpreter,
+which it cannot run); the time loop is one launch either way.
 """
 from __future__ import annotations
 
@@ -235,6 +239,7 @@ def _check(x: Tensor) -> None:
         raise GrunetError(f"impl='triton': expected the Triton kernel to be available, got: {reason}")
 
 
+@torch.compiler.disable  # torch.compile runs the layer as it is (a graph break): see the module docstring
 def gru_layer(
     x: Tensor,
     h0: Optional[Tensor],
