@@ -331,26 +331,35 @@ def compile_for_hopper(kernel, constants, num_warps):
     return triton.compile(source, target=GPUTarget("cuda", 90, 32), options={"num_warps": num_warps})
 
 
+COMPILED_CASES = {
+    # name: (CellSpec fields, training, the flags of the call that differ from a training call with h0)
+    "reset_after_all_options": (dict(layer_norm=True, recurrent_dropout=0.2, zoneout=0.1), True, {}),
+    "reset_before": (dict(reset_after=False, activation="hard_sigmoid_keras2", reverse=True), True, {}),
+    "eval_inference": (dict(activation="hard_sigmoid_keras3", zoneout=0.3), False,
+                       dict(STORE=False, HAS_H0=False, HAS_LEN=False, HAS_D_OUT=False)),
+}
+
+
 @pytest.mark.parametrize("H", [16, 64, 75, 512])
-@pytest.mark.parametrize("fields", [dict(layer_norm=True, recurrent_dropout=0.2, zoneout=0.1),
-                                    dict(reset_after=False, activation="hard_sigmoid_keras2", reverse=True)],
-                         ids=["reset_after_all_options", "reset_before"])
-def test_kernels_compile_for_hopper_within_shared_memory(H, fields, monkeypatch):
+@pytest.mark.parametrize("name", list(COMPILED_CASES))
+def test_kernels_compile_for_hopper_within_shared_memory(H, name, monkeypatch):
     """The kernels the layer picks for H compile to sm_90 machine code and fit one block's shared memory."""
     monkeypatch.delenv("TRITON_INTERPRET")
     import triton
 
     if "nvidia" not in getattr(triton.backends, "backends", {}):
         pytest.skip("this triton has no CUDA backend")
+    fields, training, changes = COMPILED_CASES[name]
     spec = CellSpec(**fields)
-    masks = Masks(recurrent=torch.ones(1, H), zoneout=torch.ones(1, 1, H)) if spec.zoneout else Masks()
+    masks = Masks.draw(spec, training, 1, 1, 1, H, torch.ones(1))
     call = triton_layer._Call(spec, masks, 1, 1, H)
     kernels = triton_layer._kernels(False)
     common = dict(RESET_AFTER=call.reset_after, ACT=call.act, REVERSE=call.reverse,
-                  HAS_M_REC=spec.recurrent_dropout > 0, ZONE=call.zone, HAS_LEN=True, LAYER_NORM=call.layer_norm,
-                  BLOCK_B=triton_layer.BLOCK_B)
-    forward = dict(common, HAS_H0=True, HAS_B_HH=call.reset_after, STORE=True)
-    backward = dict(common, HAS_D_OUT=True, HAS_D_HN=True)
+                  HAS_M_REC=masks.recurrent is not None, ZONE=call.zone, HAS_LEN=changes.get("HAS_LEN", True),
+                  LAYER_NORM=call.layer_norm, BLOCK_B=triton_layer.BLOCK_B)
+    forward = dict(common, HAS_H0=changes.get("HAS_H0", True), HAS_B_HH=call.reset_after,
+                   STORE=changes.get("STORE", True))
+    backward = dict(common, HAS_D_OUT=changes.get("HAS_D_OUT", True), HAS_D_HN=True)
     if call.wide:
         tiles = dict(BLOCK_N=call.block, BLOCK_K=call.block)
         pairs = [(kernels.gru_forward_wide_kernel, dict(forward, **tiles), 4),
