@@ -133,3 +133,25 @@ def test_gru_on_cuda_equals_reference_and_torch(reset_after):
         torch_gru = torch.nn.GRU(28, 75, batch_first=True).cuda()
         torch_gru.load_state_dict(gru.state_dict())
         assert float((out - torch_gru(x)[0]).abs().max()) < 1e-5
+
+
+def test_gru_module_with_impl_triton_in_the_interpreter_equals_reference(monkeypatch):
+    """Through grunet.GRU and the dispatch: a stacked bidirectional reset-before GRU with lengths, zoneout and
+    recurrent dropout, impl="triton" on CPU tensors in Triton's interpreter against impl="reference"."""
+    pytest.importorskip("triton")
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    options = dict(num_layers=2, bidirectional=True, reset_after=False, zoneout=0.2, recurrent_dropout=0.3)
+    torch.manual_seed(0)
+    triton_gru = grunet.GRU(3, 5, impl="triton", **options)
+    reference_gru = grunet.GRU(3, 5, impl="reference", **options)
+    reference_gru.load_state_dict(triton_gru.state_dict())
+    x = torch.randn(6, 4, 3)
+    lengths = torch.tensor([6, 3, 1, 5])
+    results = []
+    for gru in (triton_gru, reference_gru):
+        torch.manual_seed(11)  # the same masks
+        out, h_n = gru(x, lengths=lengths)
+        grads = torch.autograd.grad(out.sum() + (h_n ** 2).sum(), list(gru.parameters()))
+        results.append([out, h_n, *grads])
+    for a, b in zip(*results):
+        assert float((a - b).abs().max()) < 1e-5
