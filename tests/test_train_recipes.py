@@ -230,3 +230,52 @@ def test_config_with_resume_is_refused(tuned_run, tmp_path, capsys):
     path.write_text("lr = 0.1\n")
     assert main(["train", "--resume", str(tuned_run), "--config", str(path)]) == 2
     assert "--config: expected no --config with --resume" in capsys.readouterr().err
+
+
+# ---- the report -------------------------------------------------------------------------------------------
+def test_report_shows_validation_curve_and_lr_schedule(tuned_run, tmp_path):
+    from grunet.report import write_report
+
+    page = write_report(tuned_run, tmp_path / "tuned" / "index.html").read_text()
+    assert "validation accuracy" in page and "chosen on the validation split" in page
+    assert 'data-file="lr.png"' in page and "cosine schedule, warm-up of 5 steps" in page
+    assert (tmp_path / "tuned" / "index_files" / "lr.png").is_file()
+
+
+def test_report_of_tutorial_run_says_it_chooses_on_the_test_set(tmp_path):
+    from grunet.report import write_report
+
+    out = tmp_path / "tutorial"
+    assert main(["train", "--steps", "12", "--eval-every", "5", "--out", str(out), *SMALL_ARGS]) == 0
+    page = write_report(out, tmp_path / "t" / "index.html").read_text()
+    assert "The test set was evaluated every 5 steps and best.pt is the best of those evaluations" in page
+    assert "validation accuracy" not in page
+    assert 'data-file="lr.png"' in page  # the constant rate, drawn all the same
+
+
+def test_run_from_before_the_new_columns_resumes_and_reports(tmp_path):
+    """metrics.csv and checkpoints without val_accuracy / lr (older grunet): resumed, extended, reported."""
+    from grunet.checkpoint import save_checkpoint  # noqa: F401  (the file format is the same)
+    from grunet.fileio import torch_save
+    from grunet.report import write_report
+
+    out = tmp_path / "old"
+    assert main(["train", "--steps", "12", "--eval-every", "5", "--out", str(out), *SMALL_ARGS]) == 0
+    for name in ("last.pt", "best.pt"):
+        ckpt = load_checkpoint(out / name)
+        for row in ckpt["progress"]["rows"]:
+            del row["val_accuracy"], row["lr"]
+        del ckpt["progress"]["since_best"]
+        torch_save(ckpt, out / name)
+    lines = (out / "metrics.csv").read_text().splitlines()
+    (out / "metrics.csv").write_text("\n".join(",".join(line.split(",")[:5]) for line in lines) + "\n")
+    config = json.loads((out / "config.json").read_text())
+    for name in ("recipe", "lr_schedule", "warmup_steps", "clip_norm", "shift", "label_smoothing", "ema",
+                 "validation", "early_stop"):
+        del config[name]
+    (out / "config.json").write_text(json.dumps(config))
+    write_report(out, tmp_path / "r" / "index.html")  # no lr plot, no validation curve, no error
+    assert main(["train", "--resume", str(out), "--steps", "20"]) == 0
+    rows = metrics(out)
+    assert [r["lr"] for r in rows] == ["", "", "", "", "0.001", "0.001"] and int(rows[-1]["step"]) == 19
+    assert [r["val_accuracy"] for r in rows] == [""] * 6
