@@ -13,7 +13,7 @@ from grunet.checkpoint import load_checkpoint
 from grunet.cli import main
 from grunet.data.views import to_sequences
 from grunet.ema import WeightAverage
-from grunet.recipes import TUNED
+from grunet.recipes import TUNED, TUNED_FOR, settings
 from grunet.schedule import LearningRate
 from grunet.train import TrainConfig, run
 from test_train import assert_same_weights, metrics, weights
@@ -157,13 +157,24 @@ SMALL_ARGS = ["--units", "16", "--impl", "reference", "--threads", "1", "--progr
 
 def test_recipe_tuned_defaults_and_command_line_overrides(tmp_path):
     out = tmp_path / "tuned"
-    assert main(["train", "--recipe", "tuned", "--steps", "12", "--eval-every", "5", "--validation", "300",
+    assert main(["train", "--recipe", "tuned", "--steps", "12", "--eval-every", "5", "--lr", "0.02",
                  "--out", str(out), *SMALL_ARGS]) == 0
     config = json.loads((out / "config.json").read_text())
     for name, value in TUNED.items():
-        if name not in ("steps", "eval_every", "validation"):
+        if name not in ("steps", "eval_every", "validation", "lr"):
             assert config[name] == value, name
-    assert (config["steps"], config["eval_every"], config["validation"], config["units"]) == (12, 5, 300, 16)
+    assert (config["steps"], config["eval_every"], config["lr"], config["units"]) == (12, 5, 0.02, 16)
+    # the bundled sample's settings: it holds 4,000 training images, less than the 5,000 held out otherwise
+    assert config["validation"] == TUNED_FOR["mnist-sample"]["validation"] == 500
+
+
+def test_tuned_recipe_settings_by_data():
+    defaults = TrainConfig().to_dict()
+    fashion = settings("tuned", {"dataset": "fashion-mnist"}, defaults)
+    assert {k: fashion[k] for k in TUNED} == {**TUNED, "recipe": "tuned"}
+    pixels = settings("tuned", {"dataset": "fashion-mnist", "view": "pixels", "steps": 7}, defaults)
+    assert pixels["steps"] == 7 and pixels["eval_every"] == TUNED_FOR["pixels"]["eval_every"]
+    assert settings("tutorial", {"lr": 0.5}, defaults) == {"lr": 0.5, "recipe": "tutorial"}
 
 
 @pytest.mark.parametrize("kind", ["toml", "json"])

@@ -292,7 +292,7 @@ def load_data(config: TrainConfig) -> tuple[torch.Tensor, torch.Tensor, torch.Te
 
 def split_validation(x: torch.Tensor, y: torch.Tensor, n: int, batch_size: int, dataset: str) -> tuple:
     """(x_train, y_train, x_val, y_val): the last ``n`` training images held out (n = 0: an empty split)."""
-    expect(n <= len(y) - batch_size, "--validation", f"at most {len(y) - batch_size:,} images (the {dataset} "
+    expect(n == 0 or n <= len(y) - batch_size, "--validation", f"at most {len(y) - batch_size:,} images (the {dataset} "
            f"training split's {len(y):,} less one batch of {batch_size})", n)
     cut = len(y) - n
     return x[:cut], y[:cut], x[cut:], y[cut:]

@@ -169,7 +169,8 @@ def _settings(args: argparse.Namespace, group: Group) -> tuple:
     from ..recipes import settings
 
     recipe = asked.get("recipe", DEFAULTS.recipe)
-    config = TrainConfig(**settings(recipe, asked)).validate()  # every option in range before anything is read
+    # every option in range before anything is read or made
+    config = TrainConfig(**settings(recipe, asked, DEFAULTS.to_dict())).validate()
     if args.epochs is not None:
         config.steps = _steps_of_epochs(config, args.epochs)
     return config, Path(args.out or f"runs/{time.strftime('%Y%m%d-%H%M%S')}-{config.dataset}"), False
