@@ -35,7 +35,7 @@ RECIPES = {"tutorial": TUTORIAL, "tuned": TUNED}
 TUNED_FOR = {
     # the bundled sample's 4,000 training images hold less than 5,000 to hold out; they take 8,000 steps
     "mnist-sample": {"validation": 500, "steps": 8_000, "eval_every": 500},
-    # 784 steps of one pixel: ~28 times a row's work per image, so ~8,000 steps take about an hour on 2 cores.
+    # 784 steps of one pixel: ~28 times a row's work per image; 8,000 steps: about an hour on 2 cores (estimated).
     # No layer norm: with one input feature, normalising W_ih x leaves only the sign of the pixel (x * w
     # normalised over the gates is sign(x) * w normalised) and its gradient blows up at the black pixels
     "pixels": {"steps": 8_000, "eval_every": 500, "lr": 1e-3, "layer_norm": False},
