@@ -8,8 +8,9 @@ the full tuned recipe, and the training time.
 
 Each run is a plain ``grunet train`` in OUT/<variant>-seed<N>; a run whose summary.json exists is kept, so a
 stopped ablation goes on where it was. ``--steps`` gives every variant the same reduced budget (the tuned
-recipe's own length is ~10 minutes on 2 cores); the tutorial variant keeps the tutorial's batch of 50, so at
-the same steps it sees fewer samples: it is the tutorial recipe as published, cut to the budget.
+recipe's own length, 55,000 steps, is 6-7 minutes on 2 cores); the tutorial variant keeps the tutorial's
+batch of 50, so at the same steps it sees fewer samples: it is the tutorial recipe as published, cut to the
+budget.
 """
 from __future__ import annotations
 

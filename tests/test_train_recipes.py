@@ -266,7 +266,6 @@ def test_report_of_tutorial_run_says_it_chooses_on_the_test_set(tmp_path):
 
 def test_run_from_before_the_new_columns_resumes_and_reports(tmp_path):
     """metrics.csv and checkpoints without val_accuracy / lr (older grunet): resumed, extended, reported."""
-    from grunet.checkpoint import save_checkpoint  # noqa: F401  (the file format is the same)
     from grunet.fileio import torch_save
     from grunet.report import write_report
 
