@@ -117,8 +117,10 @@ def explain_figure(trace: GateTrace, class_names: Sequence[str], title: str = ""
 
 
 def curves_figure(steps, loss, test_accuracy, train_accuracy=None,
-                  tutorial: Optional[tuple[Sequence[int], Sequence[float], str]] = None) -> Figure:
-    """Loss (left) and accuracy (right) against training steps; ``tutorial`` = (steps, accuracies, label)."""
+                  tutorial: Optional[tuple[Sequence[int], Sequence[float], str]] = None,
+                  val_accuracy: Optional[Sequence[float]] = None) -> Figure:
+    """Loss (left) and accuracy (right) against training steps; ``tutorial`` = (steps, accuracies, label);
+    ``val_accuracy``: the validation split's curve beside the test curve."""
     fig = Figure(figsize=(11, 4))
     ax_loss, ax_acc = fig.subplots(1, 2)
     ax_loss.plot(steps, loss, color="#1f77b4", linewidth=1.5)
@@ -128,6 +130,9 @@ def curves_figure(steps, loss, test_accuracy, train_accuracy=None,
     ax_loss.grid(alpha=0.3)
     ax_acc.plot(steps, test_accuracy, color="#2ca02c", linewidth=1.8, marker="o" if len(steps) <= 30 else None,
                 markersize=3, label="test accuracy")
+    if val_accuracy is not None:
+        ax_acc.plot(steps, val_accuracy, color="#9467bd", linewidth=1.5, marker="s" if len(steps) <= 30 else None,
+                    markersize=3, label="validation accuracy (chooses best.pt)")
     if train_accuracy is not None:
         ax_acc.plot(steps, train_accuracy, color="#7f7f7f", linewidth=1.0, linestyle="--", label="train accuracy")
     if tutorial is not None:
@@ -141,6 +146,21 @@ def curves_figure(steps, loss, test_accuracy, train_accuracy=None,
     ax_acc.set_ylim(0, 1)
     ax_acc.grid(alpha=0.3)
     ax_acc.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def lr_figure(steps, lr) -> Figure:
+    """The learning-rate schedule: the rate of each evaluated step (metrics.csv's lr column)."""
+    fig = Figure(figsize=(5.5, 2.6))
+    ax = fig.subplots()
+    ax.plot(steps, lr, color="#ff7f0e", linewidth=1.5, marker="o" if len(steps) <= 30 else None, markersize=3)
+    ax.set_title("learning rate", fontsize=10)
+    ax.set_xlabel("step")
+    ax.set_ylabel("lr")
+    ax.set_ylim(bottom=0)
+    ax.ticklabel_format(axis="y", style="sci", scilimits=(-3, 3))
+    ax.grid(alpha=0.3)
     fig.tight_layout()
     return fig
 

@@ -54,7 +54,8 @@ def read_metrics(run_dir: Path) -> list[dict]:
         with open(path, newline="") as f:
             rows = list(csv.DictReader(f))
         parsed = [{"step": int(r["step"]), "loss": float(r["loss"]), "train_accuracy": float(r["train_accuracy"]),
-                   "test_accuracy": float(r["test_accuracy"]), "elapsed_s": float(r["elapsed_s"])} for r in rows]
+                   "test_accuracy": float(r["test_accuracy"]), "elapsed_s": float(r["elapsed_s"]),
+                   "val_accuracy": _optional(r.get("val_accuracy")), "lr": _optional(r.get("lr"))} for r in rows]
     except (KeyError, TypeError, ValueError, csv.Error) as e:
         raise GrunetError(f"{path}: expected the columns step,loss,train_accuracy,test_accuracy,elapsed_s with "
                           f"numbers, got a file that does not parse ({e.__class__.__name__}: {e})") from None
@@ -62,6 +63,11 @@ def read_metrics(run_dir: Path) -> list[dict]:
         raise GrunetError(f"{path}: expected at least one evaluation row, got none (the run stopped before step 0 "
                           f"was evaluated)")
     return parsed
+
+
+def _optional(value: Optional[str]) -> Optional[float]:
+    """A column that runs may leave empty (val_accuracy without --validation) or lack (runs before it)."""
+    return None if value is None or value == "" else float(value)
 
 
 def _read_json(path: Path) -> Optional[dict]:
@@ -219,7 +225,8 @@ def _sections(run: _Run, test: _TestSplit, figures: _Figures) -> dict[str, str]:
 
 def _summary_section(run: _Run, test: _TestSplit) -> str:
     rows, summary, config = run.rows, run.summary, run.config
-    best = max(rows, key=lambda r: r["test_accuracy"])
+    validated = _validated(rows)
+    best = max(rows, key=lambda r: r["val_accuracy" if validated else "test_accuracy"])
     last = rows[-1]
     status = ("finished" if summary is not None else
               f"no summary.json: the run was stopped (or is still running); its files reach step {last['step']:,}")
@@ -230,9 +237,26 @@ def _summary_section(run: _Run, test: _TestSplit) -> str:
              ("steps", f"{(summary or {}).get('steps', last['step'] + 1):,} of {config.get('steps', 0):,}"),
              ("best test accuracy", f"{best['test_accuracy']:.4f} at step {best['step']:,}"),
              ("last evaluated test accuracy", f"{last['test_accuracy']:.4f} at step {last['step']:,}")]
+    if validated:
+        items[-2] = ("best validation accuracy", f"{best['val_accuracy']:.4f} at step {best['step']:,} (test "
+                     f"{best['test_accuracy']:.4f}): best.pt")
     if summary is not None and summary.get("final_test_accuracy") is not None:
         items.append(("final test accuracy", f"{summary['final_test_accuracy']:.4f}"))
-    return _table(items)
+    every = config.get("eval_every", 100)
+    if validated:
+        how = (f"best.pt and any early stop were chosen on the validation split (the last "
+               f"{config.get('validation', 0):,} training images, not trained on), evaluated every {every:,} steps; "
+               f"the test set was evaluated at the same steps for the record only.")
+    else:
+        how = (f"The test set was evaluated every {every:,} steps and best.pt is the best of those evaluations, as "
+               f"in the tutorial: the best test accuracy is chosen on the test set itself, an optimistic number "
+               f"(--validation N holds out a split to choose on).")
+    return _table(items) + f"<p>{html.escape(how)}</p>"
+
+
+def _validated(rows: list[dict]) -> bool:
+    """Whether the run evaluated a validation split (every row has its accuracy)."""
+    return all(r["val_accuracy"] is not None for r in rows)
 
 
 def _curves_section(run: _Run, dataset: str, figures: _Figures) -> str:
@@ -248,9 +272,20 @@ def _curves_section(run: _Run, dataset: str, figures: _Figures) -> str:
                     "(" + ", ".join(f"{a:.4f}" for a in TUTORIAL_ACCURACY) + "), measured on full MNIST's "
                     "10,000 test digits")
         caption += "; this run's test split is the bundled 1,000-digit sample." if dataset == "mnist-sample" else "."
-    fig = plots.curves_figure([r["step"] for r in rows], [r["loss"] for r in rows], [r["test_accuracy"] for r in rows],
-                              [r["train_accuracy"] for r in rows], tutorial=tutorial)
-    return figures.img("curves", fig, "loss and accuracy against steps") + f"<p>{html.escape(caption)}</p>"
+    steps = [r["step"] for r in rows]
+    validation = [r["val_accuracy"] for r in rows] if _validated(rows) else None
+    fig = plots.curves_figure(steps, [r["loss"] for r in rows], [r["test_accuracy"] for r in rows],
+                              [r["train_accuracy"] for r in rows], tutorial=tutorial, val_accuracy=validation)
+    if validation is not None:
+        caption += ("Validation accuracy: the held-out training images that chose best.pt; test accuracy: "
+                    "evaluated for the record. ")
+    page = figures.img("curves", fig, "loss and accuracy against steps") + f"<p>{html.escape(caption)}</p>"
+    if all(r["lr"] is not None for r in rows):
+        schedule = run.config.get("lr_schedule", "constant")
+        page += figures.img("lr", plots.lr_figure(steps, [r["lr"] for r in rows]), "learning rate against steps")
+        page += (f"<p>{html.escape(f'Learning rate at each evaluated step ({schedule} schedule, warm-up of ')}"
+                 f"{int(run.config.get('warmup_steps', 0)):,} steps).</p>")
+    return page
 
 
 def _confusion_section(run: _Run, test: _TestSplit, figures: _Figures) -> str:

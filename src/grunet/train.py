@@ -31,7 +31,7 @@ import os
 import random
 import signal
 import time
-from contextlib import ExitStack
+from contextlib import ExitStack, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, NamedTuple, Optional
@@ -45,12 +45,15 @@ from .checkpoint import architecture_of, check_state_dict, load_checkpoint, save
 from .config import from_dict as config_from_dict
 from .contract import PROBABILITIES, BatchRows, global_batch
 from .data import DATASETS, VIEWS, load_split, to_sequences
+from .augment import draw_shifts, shift_sequences
 from .distributed import SINGLE, Group, GroupLost, run_device, threads_per_rank
+from .ema import WeightAverage
 from .errors import GrunetError, expect
 from .fileio import write_json, write_text
 from .memory import expect_fits
 from .model import CELLS, MAX_LAYERS, ModelConfig, SequenceClassifier
 from .progress import Progress
+from .schedule import LR_SCHEDULES, LearningRate
 from .run_dir import RunLock, check_new, check_writable, make_new
 from .train_state import METRICS_FIELDS, Batches, check_progress, plain_rng_states, set_rng_states
 
@@ -96,6 +99,17 @@ class TrainConfig:
     seed: int = 0
     threads: Optional[int] = None
     device: str = "cpu"
+    # the accuracy options (grunet.recipes sets them for --recipe tuned); runs made before them load with
+    # these defaults, which are the tutorial's plain training
+    recipe: str = "tutorial"
+    lr_schedule: str = "constant"
+    warmup_steps: int = 0
+    clip_norm: float = 0.0  # 0: no clipping
+    shift: int = 0
+    label_smoothing: float = 0.0
+    ema: float = 0.0  # 0: no weight averaging
+    validation: int = 0  # the last N training images held out; 0: best.pt is chosen on the test set
+    early_stop: int = 0  # 0: never
 
     def validate(self) -> "TrainConfig":
         """Every setting in range before anything is loaded, built or written (one line naming the option)."""
@@ -118,6 +132,7 @@ class TrainConfig:
         if self.device.startswith("cuda"):
             expect(torch.cuda.is_available(), "--device", "a visible CUDA device", "none (torch sees no GPU)")
         self._check_cell_options()
+        self._check_accuracy_options()
         model = self.model_config(28 if self.view == "rows" else 1)  # the datasets' images are 28 x 28
         parameters = model.parameter_count()
         expect_fits(TRAINING_BYTES_PER_PARAMETER * parameters, "--units",
@@ -142,6 +157,29 @@ class TrainConfig:
             raise GrunetError("--layer-norm: expected --reset-after (the layer-normalised GRU normalises W_hh h, "
                               "which the reset-before GRU never forms), got --reset-before (the default)")
 
+    def _check_accuracy_options(self) -> None:
+        from .augment import MAX_SHIFT
+        from .recipes import RECIPES
+
+        expect(self.recipe in RECIPES, "--recipe", f"one of {list(RECIPES)}", repr(self.recipe))
+        expect(self.lr_schedule in LR_SCHEDULES, "--lr-schedule", f"one of {list(LR_SCHEDULES)}",
+               repr(self.lr_schedule))
+        _expect_int(self.warmup_steps, "--warmup-steps", 0, MAX_STEPS)
+        _expect_int(self.shift, "--shift", 0, MAX_SHIFT)
+        _expect_int(self.validation, "--validation", 0, 2**31 - 1)
+        _expect_int(self.early_stop, "--early-stop", 0, MAX_STEPS)
+        expect(_is_number(self.clip_norm) and 0 <= self.clip_norm <= 1e6, "--clip-norm",
+               "a number >= 0 and <= 1e6 (0: no clipping)", self.clip_norm)
+        expect(_is_number(self.label_smoothing) and 0 <= self.label_smoothing < 1, "--label-smoothing",
+               "a number in [0, 1)", self.label_smoothing)
+        expect(_is_number(self.ema) and 0 <= self.ema < 1, "--ema", "a decay in [0, 1) (0: no averaging)", self.ema)
+        if self.early_stop:
+            expect(self.validation > 0, "--early-stop", "--validation N (a stop chosen on the test set would "
+                   "peek at it)", "--validation 0")
+
+    def learning_rate(self) -> LearningRate:
+        return LearningRate(self.lr, self.lr_schedule, self.warmup_steps, self.steps)
+
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
@@ -161,6 +199,10 @@ class TrainConfig:
 
 def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _expect_int(value, what: str, low: int, high: int) -> None:
@@ -248,6 +290,14 @@ def load_data(config: TrainConfig) -> tuple[torch.Tensor, torch.Tensor, torch.Te
     return seq(train_images), torch.as_tensor(train_labels), seq(test_images), torch.as_tensor(test_labels)
 
 
+def split_validation(x: torch.Tensor, y: torch.Tensor, n: int, batch_size: int, dataset: str) -> tuple:
+    """(x_train, y_train, x_val, y_val): the last ``n`` training images held out (n = 0: an empty split)."""
+    expect(n == 0 or n <= len(y) - batch_size, "--validation", f"at most {len(y) - batch_size:,} images (the {dataset} "
+           f"training split's {len(y):,} less one batch of {batch_size})", n)
+    cut = len(y) - n
+    return x[:cut], y[:cut], x[cut:], y[cut:]
+
+
 def write_metrics(path: Path, rows: list[dict]) -> None:
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=METRICS_FIELDS, lineterminator="\n")
@@ -259,7 +309,8 @@ def write_metrics(path: Path, rows: list[dict]) -> None:
 def new_progress() -> dict:
     """The run's progress as stored in checkpoints; window = [loss sum, correct, seen] since the last
     scheduled evaluation."""
-    return {"step": 0, "rows": [], "window": [0.0, 0, 0], "best": -1.0, "elapsed": 0.0, "train_seconds": 0.0}
+    return {"step": 0, "rows": [], "window": [0.0, 0, 0], "best": -1.0, "elapsed": 0.0, "train_seconds": 0.0,
+            "since_best": 0}
 
 
 @dataclass
@@ -275,14 +326,27 @@ class Trainer:
     group: Group = SINGLE
     # what a training step calls: the model itself, or its DistributedDataParallel wrapper in a process group
     step_model: Optional[nn.Module] = None
+    ema: Optional[WeightAverage] = None  # --ema: the averaged weights that are evaluated and saved
+
+    @property
+    def schedule(self) -> LearningRate:
+        return self.config.learning_rate()  # config.steps may grow when a run is extended
+
+    def evaluated(self):
+        """A context in which the model holds the weights that evaluations and checkpoints use."""
+        return self.ema.averaged() if self.ema is not None else nullcontext(self.model)
 
     def save(self, name: str) -> None:
-        """Rank 0 writes (every rank holds the same weights, optimizer, data position and RNG states)."""
+        """Rank 0 writes (every rank holds the same weights, optimizer, data position and RNG states). With
+        --ema the checkpoint's model is the average (what eval, predict and export load) and the training
+        weights are its "ema" entry."""
         if not self.group.is_main:
             return
-        save_checkpoint(self.out / name, self.model, data=self.config.data_info(),
-                        optimizer=self.optimizer.state_dict(), batches=self.batches.state_dict(),
-                        rng=rng_states(), progress=self.progress, config=self.config.to_dict())
+        extra = {"ema": self.ema.state_dict()} if self.ema is not None else {}
+        with self.evaluated():
+            save_checkpoint(self.out / name, self.model, data=self.config.data_info(),
+                            optimizer=self.optimizer.state_dict(), batches=self.batches.state_dict(),
+                            rng=rng_states(), progress=self.progress, config=self.config.to_dict(), **extra)
 
     def restore(self, path: Path) -> None:
         """Everything from ``path`` (last.pt), each part checked against this run before it is used. Rank 0
@@ -296,7 +360,13 @@ class Trainer:
         load_optimizer_state(self.optimizer, ckpt.get("optimizer"), f"{path} optimizer")
         self.batches.load_state_dict(ckpt.get("batches"), f"{path} batches")
         set_rng_states(ckpt.get("rng"), str(path))
-        self.model.load_state_dict(ckpt["model"])
+        if self.ema is not None:
+            ema = ckpt.get("ema")
+            if isinstance(ema, dict):
+                check_state_dict(self.model.state_dict(), ema.get("training_weights"), f"{path} ema training_weights")
+            self.ema.load_state_dict(ema, ckpt["model"], str(path))
+        else:
+            self.model.load_state_dict(ckpt["model"])
         self.progress = progress
 
 
@@ -384,6 +454,8 @@ class Data(NamedTuple):
     y_train: torch.Tensor
     x_test: torch.Tensor
     y_test: torch.Tensor
+    x_val: Optional[torch.Tensor] = None  # --validation: the last N images of the training split
+    y_val: Optional[torch.Tensor] = None
 
 
 def run(
@@ -457,7 +529,9 @@ def _check_run_directory(config: TrainConfig, out: Path, resume: bool) -> Option
 
 def _load_data_on(config: TrainConfig, device: torch.device) -> Data:
     x_train, y_train, x_test, y_test = load_data(config)
-    return Data(x_train.to(device), y_train.to(device), x_test.to(device), y_test.to(device))
+    x_train, y_train, x_val, y_val = split_validation(x_train, y_train, config.validation, config.batch_size,
+                                                      config.dataset)
+    return Data(*(t.to(device) for t in (x_train, y_train, x_test, y_test, x_val, y_val)))
 
 
 def _new_trainer(config: TrainConfig, out: Path, data: Data, group: Group = SINGLE) -> Trainer:
@@ -470,7 +544,8 @@ def _new_trainer(config: TrainConfig, out: Path, data: Data, group: Group = SING
     model = SequenceClassifier(config.model_config(data.x_train.shape[2]), impl=config.impl).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, fused=True)  # one kernel for all params
     batches = Batches(len(data.x_train), config.batch_size, config.shuffle, config.seed)
-    return Trainer(config, out, model, optimizer, batches, new_progress(), group, model)
+    ema = WeightAverage(model, config.ema) if config.ema else None
+    return Trainer(config, out, model, optimizer, batches, new_progress(), group, model, ema)
 
 
 def _replicated(trainer: Trainer) -> nn.Module:
@@ -514,7 +589,7 @@ def _train(trainer: Trainer, data: Data, stop: StopRequest, print_fn, progress, 
     """The loop from the run's step to its last: a step, an evaluation every eval_every steps, and the
     final weights always evaluated; a stop request ends it with last.pt saved."""
     config, state, group = trainer.config, trainer.progress, trainer.group
-    loss_fn = nn.CrossEntropyLoss()
+    loss_fn = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
     clock = (time.perf_counter(), state["elapsed"])  # elapsed time goes on from the run's earlier parts
     bar = Progress(total=config.steps, initial=state["step"], enabled=progress, print_fn=print_fn)
     trainer.step_model = _replicated(trainer)
@@ -524,7 +599,7 @@ def _train(trainer: Trainer, data: Data, stop: StopRequest, print_fn, progress, 
             # a request that came before the first step
             signum = stop.agreed(group.sum(torch.tensor(stop.counts(), dtype=torch.float64)))
             for i in range(state["step"], config.steps):
-                if signum is not None:
+                if signum is not None or _early_stop(config, state):
                     break
                 counts = _step(trainer, data, loss_fn, i, clock)
                 loss = None
@@ -562,17 +637,31 @@ def _step(trainer: Trainer, data: Data, loss_fn, i: int, clock: tuple[float, flo
     share = group.share(config.batch_size)
     idx = slice(idx.start + share.start, idx.start + share.stop) if isinstance(idx, slice) else idx[share]
     xb, yb = data.x_train[idx], data.y_train[idx]
+    if config.shift:  # every rank draws the global batch's shifts: the generators stay alike
+        xb = shift_sequences(xb, draw_shifts(config.batch_size, config.shift)[share], config.view,
+                             config.permutation_seed)
     with global_batch(BatchRows(share.start, config.batch_size)):  # masks: this share's rows of the global ones
         logits = trainer.step_model(xb)
     loss = loss_fn(logits, yb)
     trainer.optimizer.zero_grad(set_to_none=True)
     loss.backward()
+    if config.clip_norm:  # the gradients are the averaged ones here: every rank clips alike
+        nn.utils.clip_grad_norm_(trainer.model.parameters(), config.clip_norm)
+    for param_group in trainer.optimizer.param_groups:
+        param_group["lr"] = trainer.schedule.at(i)
     trainer.optimizer.step()
+    if trainer.ema is not None:
+        trainer.ema.update()
     counts = torch.tensor([loss.item() * len(yb), int((logits.argmax(1) == yb).sum()), len(yb)], dtype=torch.float64)
     state["step"] = i + 1
     state["train_seconds"] += time.perf_counter() - t_step
     state["elapsed"] = clock[1] + time.perf_counter() - clock[0]
     return counts
+
+
+def _early_stop(config: TrainConfig, state: dict) -> bool:
+    """--early-stop K: K evaluations in a row without a better validation accuracy (the same on every rank)."""
+    return bool(config.early_stop) and state.get("since_best", 0) >= config.early_stop
 
 
 def _add_to_window(state: dict, sums: torch.Tensor) -> Optional[float]:
@@ -593,32 +682,50 @@ def _record(trainer: Trainer, data: Data, i: int, scheduled: bool, write: Callab
     stopped. ``counts``: step i's loss window counts on this rank, summed with the evaluation's; returns
     step i's loss.
 
-    Each rank evaluates its contiguous share of the test set; the correct answers are summed."""
+    With --validation the held-out images are evaluated too and choose best.pt (and any early stop); the
+    test set is evaluated for the record. Each rank evaluates its contiguous share of each set; the correct
+    answers are summed."""
     config, state, group = trainer.config, trainer.progress, trainer.group
-    share = group.share(len(data.x_test))
-    correct = 0
-    if share.stop > share.start:
-        _, predictions = evaluate(trainer.model, data.x_test[share], data.y_test[share], config.eval_batch_size)
-        correct = int((predictions == data.y_test[share]).sum())
+    with trainer.evaluated() as model:
+        correct = [_correct(model, x, y, group.share(len(y)), config.eval_batch_size)
+                   for x, y in ((data.x_test, data.y_test), (data.x_val, data.y_val))]
     counts = torch.zeros(3, dtype=torch.float64) if counts is None else counts
-    sums = group.sum(torch.cat([torch.tensor([correct], dtype=torch.float64), counts]))
+    sums = group.sum(torch.cat([torch.tensor(correct, dtype=torch.float64), counts]))
     accuracy = sums[0].item() / len(data.x_test)
-    loss = _add_to_window(state, sums[1:])
+    validated = config.validation > 0
+    val_accuracy = sums[1].item() / len(data.y_val) if validated else None
+    loss = _add_to_window(state, sums[2:])
     window = state["window"]
     row = {"step": i, "loss": f"{window[0] / max(window[2], 1):.6f}",
            "train_accuracy": f"{window[1] / max(window[2], 1):.6f}", "test_accuracy": f"{accuracy:.6f}",
-           "elapsed_s": f"{state['elapsed']:.3f}"}
+           "elapsed_s": f"{state['elapsed']:.3f}", "val_accuracy": f"{val_accuracy:.6f}" if validated else "",
+           "lr": f"{trainer.schedule.at(i):.6g}"}
     state["rows"].append(row)
     if scheduled:
         state["window"] = [0.0, 0, 0]
-    improved = float(row["test_accuracy"]) > state["best"]  # as metrics.csv has it: best.pt is its best row
-    state["best"] = max(state["best"], float(row["test_accuracy"]))
+    chosen = float(row[SELECTED_BY[validated]])  # as metrics.csv has it: best.pt is its best row
+    improved = chosen > state["best"]
+    state["best"] = max(state["best"], chosen)
+    state["since_best"] = 0 if improved else state.get("since_best", 0) + 1
     trainer.save("last.pt")
     if improved:
         trainer.save("best.pt")
     _write_metrics(trainer)
-    write(f"step {i:>6}  loss {row['loss'][:6]}  train {row['train_accuracy'][:6]}  accuracy: {accuracy:.4f}")
+    val = f"  val {val_accuracy:.4f}" if validated else ""
+    write(f"step {i:>6}  loss {row['loss'][:6]}  train {row['train_accuracy'][:6]}{val}  accuracy: {accuracy:.4f}")
     return loss
+
+
+# the metrics.csv column that chooses best.pt: the validation split's when there is one (no peeking)
+SELECTED_BY = {False: "test_accuracy", True: "val_accuracy"}
+
+
+def _correct(model: nn.Module, x: torch.Tensor, y: torch.Tensor, share: slice, batch_size: int) -> int:
+    """Correct answers of ``model`` on this rank's share of (x, y)."""
+    if share.stop <= share.start:
+        return 0
+    _, predictions = evaluate(model, x[share], y[share], batch_size)
+    return int((predictions == y[share]).sum())
 
 
 def _write_metrics(trainer: Trainer) -> None:
@@ -653,12 +760,15 @@ def _finish(trainer: Trainer, train_size: int, test_size: int, print_fn) -> RunR
     """summary.json and the done line, both read from metrics.csv's rows."""
     config, out, state, group = trainer.config, trainer.out, trainer.progress, trainer.group
     rows = state["rows"]
-    best_row = max(rows, key=lambda r: float(r["test_accuracy"]))  # the first of equals, as best.pt
+    selected_by = SELECTED_BY[config.validation > 0]
+    best_row = max(rows, key=lambda r: float(r[selected_by]))  # the first of equals, as best.pt
     result = {
         "final_test_accuracy": float(rows[-1]["test_accuracy"]),
-        "best_test_accuracy": float(best_row["test_accuracy"]),
+        "best_test_accuracy": float(best_row["test_accuracy"]),  # best.pt's, chosen by selected_by
         "best_step": int(best_row["step"]),
         "last_eval_test_accuracy": float(rows[-1]["test_accuracy"]),
+        "selected_by": selected_by,
+        "recipe": config.recipe,
         "steps": state["step"],
         "seconds": round(state["elapsed"], 3),
         "train_seconds": round(state["train_seconds"], 3),
@@ -670,10 +780,15 @@ def _finish(trainer: Trainer, train_size: int, test_size: int, print_fn) -> RunR
         "threads": torch.get_num_threads(),  # per process
         "world_size": group.world_size,
     }
+    if config.validation:
+        result.update(final_val_accuracy=float(rows[-1]["val_accuracy"]),
+                      best_val_accuracy=float(best_row["val_accuracy"]), validation_size=config.validation,
+                      early_stopped=state["step"] < config.steps)
     if group.is_main:
         write_json(out / "summary.json", result)
     group.barrier()  # as in _stopped: rank 0's files are whole before any rank ends
     print_fn(f"done: {state['step']:,} steps in {state['elapsed']:.1f} s; final test accuracy "
              f"{result['final_test_accuracy']:.4f}, best {result['best_test_accuracy']:.4f} at step "
-             f"{result['best_step']}; run in {out}")
+             f"{result['best_step']}{' (chosen on the validation split)' if config.validation else ''}; "
+             f"run in {out}")
     return RunResult(0, result, out)

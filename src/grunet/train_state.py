@@ -18,7 +18,9 @@ import torch
 
 from .errors import GrunetError, expect
 
-METRICS_FIELDS = ("step", "loss", "train_accuracy", "test_accuracy", "elapsed_s")
+METRICS_FIELDS = ("step", "loss", "train_accuracy", "test_accuracy", "elapsed_s", "val_accuracy", "lr")
+# columns a run's rows may leave empty: val_accuracy without --validation; both in runs made before them
+OPTIONAL_FIELDS = ("val_accuracy", "lr")
 
 
 def plain_rng_states(states: Optional[dict] = None) -> dict:
@@ -143,12 +145,14 @@ def check_progress(state, where: str, steps_limit: int) -> dict:
     rows = state.get("rows")
     expect(isinstance(rows, list), f"{where} rows", "a list", type(rows).__name__)
     for i, row in enumerate(rows):
+        if isinstance(row, dict):  # a run from before the optional columns: they stay empty
+            row.update({k: "" for k in OPTIONAL_FIELDS if k not in row})
         ok = (isinstance(row, dict) and set(row) == set(METRICS_FIELDS) and isinstance(row["step"], int)
               and not isinstance(row["step"], bool) and all(isinstance(row[k], str) for k in METRICS_FIELDS[1:]))
         expect(ok, f"{where} rows[{i}]", f"a dict with an integer step and strings for {list(METRICS_FIELDS[1:])}",
                repr(row)[:80])
         try:
-            [float(row[k]) for k in METRICS_FIELDS[1:]]
+            [float(row[k]) for k in METRICS_FIELDS[1:] if not (k in OPTIONAL_FIELDS and row[k] == "")]
         except ValueError:
             raise GrunetError(f"{where} rows[{i}]: expected numbers, got {repr(row)[:80]}") from None
     window = state.get("window")
@@ -157,4 +161,6 @@ def check_progress(state, where: str, steps_limit: int) -> dict:
     expect(ok, f"{where} window", "[loss sum, correct, seen]", repr(window)[:80])
     for key in ("best", "elapsed", "train_seconds"):
         expect(isinstance(state.get(key), float), f"{where} {key}", "a float", repr(state.get(key)))
+    state.setdefault("since_best", 0)  # runs from before --early-stop
+    _int(state["since_best"], f"{where} since_best", 0, steps_limit)
     return state

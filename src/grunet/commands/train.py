@@ -23,6 +23,8 @@ from ..errors import GrunetError, expect
 from ..model import CELLS
 from ..train import MAX_STEPS, TrainConfig, config_differences, read_config
 from ..train import run as train_run
+from ..recipes import RECIPES
+from ..schedule import LR_SCHEDULES
 
 DEFAULTS = TrainConfig()
 
@@ -66,6 +68,26 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--shuffle", action="store_true", default=None,
                    help="new order at each pass (default: consecutive slices, as the tutorial)")
     p.add_argument("--eval-every", type=int, help=f"evaluate the test set every N steps (default {d.eval_every})")
+    p.add_argument("--recipe", choices=list(RECIPES),
+                   help="tutorial (default: the tutorial's settings) or tuned (defaults chosen for accuracy; "
+                        "the options below and --config override them)")
+    p.add_argument("--config", metavar="FILE",
+                   help="train options from a TOML or JSON file by their long names (lr = 0.003); the command "
+                        "line overrides it")
+    p.add_argument("--lr-schedule", choices=LR_SCHEDULES,
+                   help="learning rate after the warm-up: constant (default), cosine or onecycle decay")
+    p.add_argument("--warmup-steps", type=int, metavar="N", help="linear learning-rate warm-up (default 0)")
+    p.add_argument("--clip-norm", type=float, metavar="C", help="clip the gradients' global norm to C (default 0: off)")
+    p.add_argument("--shift", type=int, metavar="N",
+                   help="augmentation: move each training image by up to N pixels in x and y (default 0)")
+    p.add_argument("--label-smoothing", type=float, metavar="E", help="cross-entropy label smoothing (default 0)")
+    p.add_argument("--ema", type=float, metavar="DECAY",
+                   help="evaluate and save an exponential moving average of the weights (default 0: off)")
+    p.add_argument("--validation", type=int, metavar="N",
+                   help="hold out the last N training images; best.pt and --early-stop choose on them (default 0: "
+                        "on the test set, as the tutorial)")
+    p.add_argument("--early-stop", type=int, metavar="K",
+                   help="stop after K evaluations without a better validation accuracy (default 0: never)")
     p.add_argument("--seed", type=int, help=f"default {d.seed}")
     p.add_argument("--threads", type=int,
                    help="torch threads per process (default: torch's choice; under torchrun cores / local processes)")
@@ -112,6 +134,14 @@ def run(args: argparse.Namespace) -> int:
 def _settings(args: argparse.Namespace, group: Group) -> tuple:
     """(config, run directory, resume?) from the command line and, when resuming, the run's config.json."""
     asked = asked_settings(args)
+    if args.config is not None:
+        if args.resume:
+            raise GrunetError(f"--config: expected no --config with --resume (the run's config.json holds its "
+                              f"settings), got --config {args.config}")
+        from ..config_file import read_settings
+
+        # the file's settings, then the command line's on top
+        asked = {**read_settings(args.config), **asked}
     resume_dir = args.resume
     if not resume_dir and group.restart_count and args.out and (Path(args.out) / "config.json").is_file():
         # torchrun restarted the group after a failure: go on from the run's last.pt
@@ -140,7 +170,11 @@ def _settings(args: argparse.Namespace, group: Group) -> tuple:
             config.device = new_device
             config.validate()
         return config, out, True
-    config = TrainConfig(**asked).validate()  # every option in range before anything is read or made
+    from ..recipes import settings
+
+    recipe = asked.get("recipe", DEFAULTS.recipe)
+    # every option in range before anything is read or made
+    config = TrainConfig(**settings(recipe, asked, DEFAULTS.to_dict())).validate()
     if args.epochs is not None:
         config.steps = _steps_of_epochs(config, args.epochs)
     return config, Path(args.out or f"runs/{time.strftime('%Y%m%d-%H%M%S')}-{config.dataset}"), False
@@ -151,7 +185,7 @@ def _steps_of_epochs(config: TrainConfig, epochs: float) -> int:
 
     if not (math.isfinite(epochs) and epochs > 0):
         raise GrunetError(f"--epochs: expected a finite number > 0, got {epochs}")
-    n = len(load_split(config.dataset, "train", data_dir=config.data_dir)[1])
+    n = len(load_split(config.dataset, "train", data_dir=config.data_dir)[1]) - config.validation  # held out
     steps = round(epochs * (n // config.batch_size))
     if steps > MAX_STEPS:
         raise GrunetError(f"--epochs: expected at most {MAX_STEPS:,} steps' worth, got {epochs} "
