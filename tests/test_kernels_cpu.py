@@ -447,7 +447,7 @@ def test_fused_names_the_device_it_has_no_kernel_for():
     with pytest.raises(GrunetError) as refused:
         kernels.layer_function("fused", x)
     assert str(refused.value) == ("impl: 'fused' was asked for, but the fused kernel is unavailable: no fused GRU "
-                                  "kernel for device type 'meta' (there is one for: cpu)")
+                                  "kernel for device type 'meta' (there is one for: cpu, cuda)")
     assert kernels.layer_function("auto", x) is reference.gru_layer
 
 
