@@ -211,6 +211,21 @@ def test_batch_that_does_not_divide_is_refused_before_anything_is_written(tmp_pa
     assert not (tmp_path / "run").exists()
 
 
+def test_nproc_checks_every_option_once_before_starting_torchrun(tmp_path, capsys, monkeypatch):
+    """A bad option under --nproc is one line and exit 2 from the launcher, not one line per process and
+    torchrun's traceback: no process is started."""
+    import subprocess
+
+    started = []
+    monkeypatch.setattr(subprocess, "Popen", lambda *a, **k: started.append(a))
+    for argv, message in [(["--nproc", "3"], "--batch-size: expected a multiple of the 3 processes"),
+                          (["--nproc", "2", "--lr", "nan"], "--lr: expected a number > 0")]:
+        assert main(["train", *argv, "--steps", "5", "--out", str(tmp_path / "run")]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and message in err[0]
+    assert started == [] and not (tmp_path / "run").exists()
+
+
 def test_threads_per_rank():
     cores = len(os.sched_getaffinity(0))
     assert threads_per_rank(Group(world_size=2, local_world_size=2), None) == max(1, cores // 2)

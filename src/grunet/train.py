@@ -210,6 +210,12 @@ def _expect_int(value, what: str, low: int, high: int) -> None:
            f"an integer from {low} to {high}", value)
 
 
+def check_batch_split(batch_size: int, processes: int) -> None:
+    """The global batch must split into equal shares, one per process."""
+    expect(batch_size % processes == 0, "--batch-size",
+           f"a multiple of the {processes} processes (each takes an equal share of the global batch)", batch_size)
+
+
 def config_differences(saved: TrainConfig, asked: dict) -> list[str]:
     """'name: run has X, command asks Y' for each asked setting that differs from the saved run's."""
     return [f"{name}: the run has {getattr(saved, name)!r}, the command asks {value!r}"
@@ -479,9 +485,7 @@ def run(
     batch's mean: the one-process update), the test set is shared out and the correct answers summed, and
     rank 0 alone writes the run directory and prints."""
     config.validate()
-    expect(config.batch_size % group.world_size == 0, "--batch-size",
-           f"a multiple of the {group.world_size} processes (each takes an equal share of the global batch)",
-           config.batch_size)
+    check_batch_split(config.batch_size, group.world_size)
     out = Path(out_dir)
     if not group.is_main:
         print_fn, progress = _silent, False

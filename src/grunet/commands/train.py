@@ -18,10 +18,10 @@ from dataclasses import fields
 from pathlib import Path
 
 from ..data import DATASETS, VIEWS
-from ..distributed import DEFAULT_TIMEOUT_S, Group, SharedError, launched_by_torchrun, process_group
+from ..distributed import DEFAULT_TIMEOUT_S, SINGLE, Group, SharedError, launched_by_torchrun, process_group
 from ..errors import GrunetError, expect
 from ..model import CELLS
-from ..train import MAX_STEPS, TrainConfig, config_differences, read_config
+from ..train import MAX_STEPS, TrainConfig, check_batch_split, config_differences, read_config
 from ..train import run as train_run
 from ..recipes import RECIPES
 from ..schedule import LR_SCHEDULES
@@ -211,6 +211,9 @@ def launch(args: argparse.Namespace) -> int:
     expect(not launched_by_torchrun(), "--nproc", "a command started outside torchrun (torchrun chooses the "
            "processes itself)", f"--nproc {args.nproc} under torchrun")
     expect(1 <= args.nproc <= 1024, "--nproc", "a number of processes from 1 to 1024", args.nproc)
+    # every option checked here, once, before torchrun starts: a bad one is one line, not one per process
+    config, _, _ = _settings(args, SINGLE)
+    check_batch_split(config.batch_size, args.nproc)
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={args.nproc}",
                "-m", "grunet", "train", *_without_nproc(args._argv)]
     child = subprocess.Popen(command)
