@@ -33,6 +33,7 @@ VARIANTS = {
     "no-smoothing": ("no label smoothing", ["--label-smoothing", "0"]),
     "no-ema": ("no weight averaging", ["--ema", "0"]),
     "no-cell-options": ("plain GRU cell (no layer norm, dropout, zoneout)", []),
+    "no-clip-shuffle-ema": ("none of clipping, shuffling and EMA", ["--clip-norm", "0", "--ema", "0"]),
     "tutorial": ("the tutorial recipe (batch 50, Adam 1e-3, test-set selection)", []),
 }
 
@@ -47,18 +48,23 @@ def command(variant: str, args, out: Path) -> list[str]:
     if variant == "tutorial":
         return base + ["--recipe", "tutorial", *(["--eval-every", str(args.eval_every)] if args.eval_every else [])]
     base += ["--recipe", "tuned", *(["--eval-every", str(args.eval_every)] if args.eval_every else [])]
-    if variant in ("no-shuffle", "no-cell-options"):
+    if variant in OFF_IN_FILE:
         base += ["--config", str(_off_file(variant, out.parent))]
     return base + VARIANTS[variant][1]
 
 
+# options without an off switch on the command line (flags), turned off through a --config file
+OFF_IN_FILE = {
+    "no-shuffle": {"shuffle": False},
+    "no-clip-shuffle-ema": {"shuffle": False},
+    "no-cell-options": {"layer_norm": False, "recurrent_dropout": 0.0, "input_dropout": 0.0, "weight_dropout": 0.0,
+                        "zoneout": 0.0},
+}
+
+
 def _off_file(variant: str, root: Path) -> Path:
-    """Options without an off switch on the command line (flags), turned off through a --config file."""
-    settings = ({"shuffle": False} if variant == "no-shuffle" else
-                {"layer_norm": False, "recurrent_dropout": 0.0, "input_dropout": 0.0, "weight_dropout": 0.0,
-                 "zoneout": 0.0})
     path = root / f"{variant}.json"
-    path.write_text(json.dumps(settings))
+    path.write_text(json.dumps(OFF_IN_FILE[variant]))
     return path
 
 

@@ -2,12 +2,15 @@
 accuracy over their seeds (mean ± standard deviation, range), the parameters and the training time.
 
     python scripts/results.py runs/fashion-tuned-seed* runs/sample-tuned-seed* ...
+    python scripts/results.py runs/fashion-pixels-tuned runs/fashion-permuted-tuned --curves docs/pixel-views.png
 
-Reads each run directory's config.json and summary.json; prints a Markdown table.
+Reads each run directory's config.json and summary.json; prints a Markdown table. ``--curves PNG`` also draws
+each run's test and validation accuracy against its steps (metrics.csv), one line per run, in one figure.
 """
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import statistics
 import sys
@@ -21,7 +24,10 @@ def row_key(config: dict) -> tuple:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("runs", nargs="+", help="run directories")
+    p.add_argument("--curves", metavar="PNG", help="also draw the runs' accuracy curves into PNG")
     args = p.parse_args()
+    if args.curves:
+        draw_curves([Path(r) for r in args.runs if (Path(r) / "metrics.csv").is_file()], Path(args.curves))
     groups: dict[tuple, list[dict]] = {}
     for run in map(Path, args.runs):
         if not (run / "summary.json").is_file():
@@ -41,6 +47,32 @@ def main() -> int:
               f"({min(final):.4f}–{max(final):.4f}) | {statistics.fmean(best):.4f} | {runs[0]['parameters']:,} | "
               f"{statistics.fmean(s['seconds'] for s in runs) / 60:.1f} min |")
     return 0
+
+
+def draw_curves(runs: list[Path], png: Path) -> None:
+    """Test (solid) and validation (dotted) accuracy against steps, one colour per run."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(8, 4.5))
+    ax = fig.subplots()
+    for run, color in zip(runs, ("#1b9e77", "#d95f02", "#7570b3", "#e7298a", "#66a61e", "#e6ab02")):
+        config = json.loads((run / "config.json").read_text())
+        with open(run / "metrics.csv", newline="") as f:
+            rows = list(csv.DictReader(f))
+        steps = [int(r["step"]) for r in rows]
+        label = f"{config['dataset']} {config['view']} ({config.get('recipe', 'tutorial')}, seed {config['seed']})"
+        ax.plot(steps, [float(r["test_accuracy"]) for r in rows], color=color, linewidth=1.8,
+                label=f"{label}: test")
+        if rows and rows[0].get("val_accuracy"):
+            ax.plot(steps, [float(r["val_accuracy"]) for r in rows], color=color, linewidth=1.2, linestyle=":",
+                    label=f"{label}: validation")
+    ax.set_xlabel("training step")
+    ax.set_ylabel("accuracy")
+    ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(png, dpi=100)
 
 
 if __name__ == "__main__":

@@ -289,3 +289,27 @@ def test_run_from_before_the_new_columns_resumes_and_reports(tmp_path):
     rows = metrics(out)
     assert [r["lr"] for r in rows] == ["", "", "", "", "0.001", "0.001"] and int(rows[-1]["step"]) == 19
     assert [r["val_accuracy"] for r in rows] == [""] * 6
+
+
+def test_extending_a_cosine_run_says_the_schedule_changes(tuned_run, tmp_path, capsys):
+    import shutil
+    out = tmp_path / "extended"
+    shutil.copytree(tuned_run, out)
+    assert main(["train", "--resume", str(out), "--steps", "70", "--progress", "lines"]) == 0
+    said = capsys.readouterr().out
+    before = LearningRate(0.01, "cosine", 5, 60).at(60)
+    after = LearningRate(0.01, "cosine", 5, 70).at(60)
+    assert f"now ends at step 70 instead of 60: the learning rate at step 60 is {after:.3g} (was {before:.3g})" in said
+    assert float(metrics(out)[-1]["lr"]) == pytest.approx(LearningRate(0.01, "cosine", 5, 70).at(69), rel=1e-5)
+
+
+def test_layer_norm_on_one_input_feature_warns(tmp_path, capsys):
+    config = TrainConfig(**{**TUNED_SMALL, "steps": 2, "eval_every": 2, "view": "pixels", "units": 4,
+                            "reset_after": True, "layer_norm": True})
+    lines = []
+    assert run(config, tmp_path / "ln", print_fn=lines.append, progress=False).exit_code == 0
+    assert sum("warning: --layer-norm with one input feature (--view pixels)" in line for line in lines) == 1
+    lines.clear()
+    rows = run(TrainConfig(**{**TUNED_SMALL, "steps": 2, "eval_every": 2, "units": 4, "reset_after": True,
+                              "layer_norm": True}), tmp_path / "rows", print_fn=lines.append, progress=False)
+    assert rows.exit_code == 0 and not any("warning" in line for line in lines)

@@ -570,6 +570,11 @@ def _start(trainer: Trainer, data: Data, print_fn: Callable[[str], None]) -> Non
     check_new(trainer.out)  # another process may have started a run here meanwhile
     write_config(trainer.out, trainer.config, trainer.group.world_size)
     summary(trainer.model, (1, *data.x_train.shape[1:]), print_fn=print_fn)
+    if trainer.config.layer_norm and data.x_train.shape[-1] == 1:
+        # LN(x W_ih) over the gates of one feature x is sign(x) LN(W_ih): the pixel's value is lost, and at
+        # x = 0 the variance is eps alone, so the gradient is ~1/sqrt(eps) (diverged within 40 steps at 3e-3)
+        print_fn(f"warning: --layer-norm with one input feature (--view {trainer.config.view}) keeps only the "
+                 f"sign of each input and tends to diverge; the tuned recipe leaves it off on this view")
 
 
 def _continue(trainer: Trainer, saved: TrainConfig, print_fn: Callable[[str], None]) -> None:
@@ -585,6 +590,11 @@ def _continue(trainer: Trainer, saved: TrainConfig, print_fn: Callable[[str], No
         write_config(out, config, trainer.group.world_size)
     if checkpointed:
         print_fn(f"resuming {out} at step {done:,} of {config.steps:,}")
+        if config.steps != saved.steps and config.lr_schedule != "constant":
+            # the schedule is a function of the total, so a new total reshapes the rest of the decay
+            before, after = saved.learning_rate().at(done), config.learning_rate().at(done)
+            print_fn(f"note: the {config.lr_schedule} schedule now ends at step {config.steps:,} instead of "
+                     f"{saved.steps:,}: the learning rate at step {done:,} is {after:.3g} (was {before:.3g})")
     else:
         print_fn(f"starting {out} from step 0: it holds no checkpoint yet")
 
