@@ -11,8 +11,8 @@ mkdir -p "$OUT"
 pip install -q -e '.[test,gpu]' 2>&1 | tail -1 || true
 python -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name())" | tee "$OUT/machine.txt"
 
-echo "== GPU tests (parity of cuDNN dispatch and the Triton kernel with the reference, on the device)"
-python -m pytest -q tests/test_kernels_gpu.py tests/test_kernels_triton.py 2>&1 | tee "$OUT/tests.txt" | tail -5
+echo "== GPU tests (parity of cuDNN dispatch, its flat weights and the Triton kernel with the reference, on the device)"
+python -m pytest -q tests/test_kernels_gpu.py tests/test_flat_weights.py tests/test_kernels_triton.py 2>&1 | tee "$OUT/tests.txt" | tail -5
 
 echo "== tutorial step, inference and the sweep: torch (cuDNN), reference, auto, triton"
 timeout 1200 grunet bench --device cuda --repeats 15 --max-call-seconds 5 --results "$OUT/bench.md" 2>&1 \

@@ -200,7 +200,7 @@ def test_reset_before_flat_weights_name_its_one_bias():
                                      "weight_ih_l0_reverse", "weight_hh_l0_reverse", "bias_l0_reverse"]
 
 
-def test_flatten_parameters_is_a_no_op_that_published_models_can_call():
+def test_flatten_parameters_on_cpu_is_a_no_op_that_published_models_can_call():
     class Tagger(nn.Module):  # the pattern of many published models
         def __init__(self, rnn):
             super().__init__()

@@ -25,6 +25,7 @@ from torch.nn.utils.rnn import PackedSequence, pad_packed_sequence
 from .contract import PROBABILITIES, CellSpec, LayerWeights, Masks
 from .errors import GrunetError, GrunetTypeError, expect
 from .kernels import check_impl, layer_function
+from .kernels.gpu import cudnn
 from .reference import activation, gru_step
 
 INITS = ("torch", "keras")
@@ -184,7 +185,8 @@ class GRU(nn.Module):
         bias_ih_l{k}{suffix}, bias_hh_l{k}{suffix}: (3H,) each (reset-after with bias).
         bias_l{k}{suffix}: (3H,) (reset-before with bias: one bias per gate).
         all_weights, _flat_weights, _flat_weights_names, _all_weights: the parameters and their names in
-            nn.GRU's order, for code that reads them; flatten_parameters() is accepted and does nothing.
+            nn.GRU's order, for code that reads them; flatten_parameters() packs them for cuDNN on CUDA
+            (see there) and does nothing elsewhere.
 
     Differences from torch.nn.GRU: ``isinstance(gru, torch.nn.GRU)`` is False (a subclass would make
     torch.compile break its graph at every layer); test with ``isinstance(m, grunet.GRU_TYPES)``. Bad
@@ -273,6 +275,7 @@ class GRU(nn.Module):
         self._flat_weights_names: list[str] = [n for names in self._all_weights for n in names]
         self.init = init
         self.reset_parameters(init)
+        self.flatten_parameters()  # parameters made on a CUDA device (device="cuda")
 
     @property
     def _flat_weights(self) -> list[Tensor]:
@@ -286,10 +289,37 @@ class GRU(nn.Module):
         return [[getattr(self, n) for n in names] for names in self._all_weights]
 
     def flatten_parameters(self) -> None:
-        """Does nothing, and that is right. nn.GRU copies its weights into one contiguous buffer for cuDNN
-        here (and does nothing on CPU too); grunet's kernels read the parameters as they are (the fused CPU
-        kernel packs them itself on every call), so there is nothing to flatten. It exists so that models
-        written for nn.GRU, which call ``self.rnn.flatten_parameters()``, run unchanged."""
+        """On CUDA, for the cell cuDNN computes: put each layer and direction's parameters into one buffer in
+        cuDNN's layout (the parameters become views of it, their values and identities kept), so that cuDNN
+        reads them in place instead of copying them on every call. grunet calls cuDNN once per layer and
+        direction, so each has a buffer of its own, where torch.nn.GRU has one for all.
+
+        Everywhere else it does nothing: on CPU (grunet's kernels read the parameters as they are), for the
+        cells the Triton kernel or the reference loop runs (they read them as they are too), and when a
+        parameter is no longer a plain registered tensor of one dtype on one CUDA device (weight_norm,
+        parametrizations, pruning, a bias set to None, tied weights), as torch.nn.GRU does.
+        It runs after construction and after every .cuda() / .to() / .half() (``_apply``); in-place updates
+        (optimizers, load_state_dict) keep the buffer. Models written for nn.GRU that call it run unchanged."""
+        groups = self._cudnn_groups()
+        if groups and cudnn.flattenable([p for params, _ in groups for p in params]):  # refuses None too
+            for params, width in groups:
+                cudnn.flatten(params, width, self.hidden_size)
+
+    def _cudnn_groups(self) -> list[tuple[list[Optional[Tensor]], int]]:
+        """(registered parameters, input width) of each layer and direction, the parameters in the order cuDNN
+        takes them, for the cell cuDNN computes (else []). None stands where no parameter is registered under
+        the name (weight_norm, parametrizations and pruning move it away; a bias may be set to None)."""
+        if not cudnn.computes(self.cell):
+            return []
+        registered, D = self._parameters, 2 if self.bidirectional else 1
+        return [([registered.get(n) for n in names], self.input_size if i < D else self.hidden_size * D)
+                for i, names in enumerate(self._all_weights)]
+
+    def _apply(self, fn, recurse=True):
+        # .cuda(), .to() and .half() give the parameters new storage: flatten again, as nn.RNNBase does
+        module = super()._apply(fn, recurse)
+        self.flatten_parameters()
+        return module
 
     def _suffixes(self) -> tuple[str, ...]:
         return ("", "_reverse") if self.bidirectional else ("",)

@@ -2,7 +2,9 @@
 
     cudnn.py         reset-after, sigmoid gates, no layer norm / recurrent dropout / zoneout (input and weight
                      dropout are applied before any kernel): torch._VF.gru, torch.nn.GRU's own call, with
-                     lengths through packing and the reverse direction by reversing each sequence
+                     lengths through packing and the reverse direction by reversing each sequence; flatten
+                     puts each layer and direction's parameters into one buffer in cuDNN's layout
+                     (grunet.GRU.flatten_parameters), so that cuDNN reads them without copying them
     triton_layer.py  everything else (reset-before, the hard sigmoids, the cell options): one persistent
                      Triton launch per layer and direction for the time loop, forward and backward; it also
                      runs on CPU tensors under Triton's interpreter (TRITON_INTERPRET=1), which the tests use

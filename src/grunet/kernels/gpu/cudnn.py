@@ -9,6 +9,14 @@ forward call on each sequence reversed within its own length, and the outputs ar
 
 On CPU the same call runs PyTorch's CPU kernel, so the tests check this wrapper (packing, reversal, h0,
 gradients) against grunet's reference loop without a GPU.
+
+Flat weights: cuDNN reads a layer's parameters from one buffer in its own layout. When the parameters passed
+to ``torch._VF.gru`` are views of one such buffer, in order from its start, ATen hands that buffer to cuDNN
+as it is (try_get_weight_buf in ATen's cudnn/RNN.cpp); otherwise it copies them into a new buffer on every
+call and warns. ``flatten`` builds that buffer for one layer and direction (torch.nn.GRU.flatten_parameters
+does it for all its layers at once, because it makes one call for all of them; grunet makes one per layer and
+direction, so each gets a buffer of its own). Weight dropout in training hands cuDNN m_w * W_hh, a new tensor
+on every call, which it copies as it would any tensor outside the buffer.
 """
 from __future__ import annotations
 
@@ -26,6 +34,31 @@ def computes(spec: CellSpec) -> bool:
     """Whether PyTorch's kernel computes ``spec`` exactly (the cell of cuDNN and torch.nn.GRU)."""
     return (spec.reset_after and spec.activation == "sigmoid" and not spec.layer_norm
             and not spec.recurrent_dropout and not spec.zoneout)
+
+
+def flattenable(params: list) -> bool:
+    """Whether ``flatten`` can take ``params``: tensors, all on one CUDA device in one dtype that cuDNN
+    accepts, none sharing memory with another (the conditions of torch.nn.GRU.flatten_parameters)."""
+    if not params or not all(isinstance(p, Tensor) for p in params):
+        return False
+    first = params[0]
+    if not all(p.dtype == first.dtype and p.device == first.device and torch.backends.cudnn.is_acceptable(p)
+               for p in params):  # acceptable: cuDNN enabled, a CUDA tensor, a dtype it takes
+        return False
+    return len({p.data_ptr() for p in params}) == len(params)  # aliased parameters cannot get two places
+
+
+def flatten(params: list[Tensor], input_size: int, hidden_size: int) -> None:
+    """Copy one layer and direction's parameters, [w_ih, w_hh, b_ih, b_hh] or [w_ih, w_hh] (no biases),
+    into one new buffer laid out as cuDNN's single-layer unidirectional GRU of that input width, and make each
+    parameter a view of its place there (the same tensor objects, the same values). Takes what ``flattenable``
+    accepts. torch.nn.GRU.flatten_parameters makes the same call with all its layers."""
+    import torch.backends.cudnn.rnn as cudnn_rnn
+
+    with torch.cuda.device_of(params[0]), torch.no_grad():  # set_ on leaves that require grad
+        if torch._use_cudnn_rnn_flatten_weight():
+            torch._cudnn_rnn_flatten_weight(params, len(params), input_size, cudnn_rnn.get_cudnn_mode("GRU"),
+                                            hidden_size, 0, 1, False, False)  # proj 0, 1 layer, time-major, 1 direction
 
 
 def _params(weights: LayerWeights) -> tuple[list[Tensor], bool]:

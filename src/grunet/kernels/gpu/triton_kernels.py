@@ -23,6 +23,9 @@ Two pairs of kernels (forward, backward) compute this:
 The backwards walk time the other way (equations beside them, as in kernels/cpu/gru_backward.cpp) and store
 dG = [da_r | da_z | da_n] for every step (reset-after also da = d(W_hn h_in + b_hn); layer norm dP =
 d(W_hh h_in)), from which the caller forms dW_hh and the biases with a few large products after the loop.
+The per-step cell math is written once, in @triton.jit helpers both families call (the gates, the state
+update with zoneout and lengths, what is saved for the backward, the backward's local derivatives); Triton
+inlines them, and their switches stay constexpr.
 
 Codes: ACT 0 sigmoid, 1 hard_sigmoid_keras2, 2 hard_sigmoid_keras3; ZONE 0 off, 1 the training mask, 2 eval
 (keep_eval = 1 - p). Every product uses input_precision="ieee": float32 as the reference computes it (TF32
@@ -105,6 +108,112 @@ def _weights(resident, W_hh, gate, H, HP: tl.constexpr, TRANSPOSED: tl.constexpr
     return tile
 
 
+# ----------------------------------------------------------------------------------------------------
+# The per-step cell math both kernel families share (Triton inlines these calls; the switches stay constexpr).
+
+
+@triton.jit
+def _reset_after_gates(a_r, a_z, g_n, a, ACT: tl.constexpr):
+    """reset-after: r = sigma(a_r), z = sigma(a_z), n = tanh(G_n + r a), with a = W_hn h_in + b_hn."""
+    r = _sigma(a_r, ACT)
+    z = _sigma(a_z, ACT)
+    n = _tanh(g_n + r * a)
+    return r, z, n
+
+
+@triton.jit
+def _new_state(h, z, n, Zone, bh_t, ok, keep_eval, valid, ZONE: tl.constexpr, HAS_LEN: tl.constexpr):
+    """(h', output) of the step: h~ = z h + (1 - z) n; zoneout h' = h + k (h~ - h) (k from Zone, or keep_eval
+    in eval); a padded row (not valid) keeps h and outputs 0."""
+    h_new = z * h + (1.0 - z) * n
+    if ZONE == 1:
+        k = tl.load(Zone + bh_t, mask=ok, other=0.0)
+        h_new = h + k * (h_new - h)
+    elif ZONE == 2:
+        h_new = h + keep_eval * (h_new - h)
+    if HAS_LEN:
+        h_new = tl.where(valid, h_new, h)
+        out = tl.where(valid, h_new, 0.0)
+    else:
+        out = h_new
+    return h_new, out
+
+
+@triton.jit
+def _save_step(R_s, Z_s, N_s, Aux_s, Hprev_s, bh_t, ok, r, z, n, aux, h, valid, HAS_LEN: tl.constexpr):
+    """Store what the backward reads of the step: r, z, n, aux (reset-after a, reset-before rh) and h. A padded
+    row's values take no part (its dG is 0): zeros keep NaN from x out."""
+    if HAS_LEN:
+        r = tl.where(valid, r, 0.0)
+        z = tl.where(valid, z, 0.0)
+        n = tl.where(valid, n, 0.0)
+        aux = tl.where(valid, aux, 0.0)
+        h = tl.where(valid, h, 0.0)
+    tl.store(R_s + bh_t, r, mask=ok)
+    tl.store(Z_s + bh_t, z, mask=ok)
+    tl.store(N_s + bh_t, n, mask=ok)
+    tl.store(Aux_s + bh_t, aux, mask=ok)
+    tl.store(Hprev_s + bh_t, h, mask=ok)
+
+
+@triton.jit
+def _save_xhat(Xhat_s, bg_t, ok, H, x_r, x_z, x_n, valid, HAS_LEN: tl.constexpr):
+    """Layer norm: store the step's normalised products xhat (zeros for a padded row)."""
+    if HAS_LEN:
+        x_r = tl.where(valid, x_r, 0.0)
+        x_z = tl.where(valid, x_z, 0.0)
+        x_n = tl.where(valid, x_n, 0.0)
+    tl.store(Xhat_s + bg_t, x_r, mask=ok)
+    tl.store(Xhat_s + bg_t + H, x_z, mask=ok)
+    tl.store(Xhat_s + bg_t + 2 * H, x_n, mask=ok)
+
+
+@triton.jit
+def _save_rstd(Rstd_s, t, B, rows, row_ok, rstd, length, HAS_LEN: tl.constexpr):
+    """Layer norm: store the rows' rstd of step t (0 for a padded row)."""
+    if HAS_LEN:
+        rstd = tl.where(t < length, rstd, 0.0)
+    tl.store(Rstd_s + t.to(tl.int64) * B + rows, rstd, mask=row_ok)
+
+
+@triton.jit
+def _step_backward(dh, D_out, Zone, bh_t, ok, keep_eval, z, n, h_prev,
+                   HAS_D_OUT: tl.constexpr, ZONE: tl.constexpr, ACT: tl.constexpr):
+    """(d, d_direct, da_z, da_n) of the step from dh = dL/dh' (+ dL/dout_t when HAS_D_OUT):
+        zoneout: d = k dh', d_direct = (1 - k) dh' (what reaches h itself; 0 without zoneout)
+        dn = d (1 - z)   dz = d (h - n)   da_n = dn (1 - n^2)   da_z = sigma'(z) dz"""
+    d = dh
+    if HAS_D_OUT:
+        d += tl.load(D_out + bh_t, mask=ok, other=0.0)
+    if ZONE == 1:
+        k = tl.load(Zone + bh_t, mask=ok, other=0.0)
+        d_direct = d - k * d
+        d = k * d
+    elif ZONE == 2:
+        d_direct = d - keep_eval * d
+        d = keep_eval * d
+    else:
+        d_direct = 0.0
+    dn = d - d * z
+    da_z = _sigma_backward(z, d * (h_prev - n), ACT)
+    da_n = dn * (1.0 - n * n)
+    return d, d_direct, da_z, da_n
+
+
+@triton.jit
+def _reset_after_backward(r, aux, da_n, ACT: tl.constexpr):
+    """reset-after, n = tanh(G_n + r a): da_r = sigma'(r) da_n a, da = da_n r (aux holds a)."""
+    da_r = _sigma_backward(r, da_n * aux, ACT)
+    da = da_n * r
+    return da_r, da
+
+
+@triton.jit
+def _norm_backward(dx, xhat, mean_dx, mean_dxx, rstd):
+    """Layer norm's backward for one gate: dP = rstd (dx - mean(dx) - xhat mean(dx xhat)), dx = dgh g."""
+    return rstd * (dx - mean_dx - xhat * mean_dxx)
+
+
 @triton.jit
 def gru_forward_kernel(
     G, W_hh, B_hh, H0, M_rec, Zone, Len,            # inputs (float32 except Len int64)
@@ -145,6 +254,8 @@ def gru_forward_kernel(
         gain_n = tl.load(G_hh + 2 * H + cols, mask=col_ok, other=0.0)[None, :]
     if HAS_LEN:
         length = tl.load(Len + rows, mask=row_ok, other=0)
+    else:
+        length = 0  # no lengths: unused
 
     if RESIDENT:  # small layers: W_hh stays in registers for the whole sequence
         w_0 = _tile(W_hh, 0, H, HP, True)
@@ -195,9 +306,7 @@ def gru_forward_kernel(
                 a_r += b_hr
                 a_z += b_hz
                 a += b_hn
-            r = _sigma(a_r, ACT)
-            z = _sigma(a_z, ACT)
-            n = _tanh(g_n + r * a)
+            r, z, n = _reset_after_gates(a_r, a_z, g_n, a, ACT)
             aux = a
         else:
             r = _sigma(a_r, ACT)
@@ -205,45 +314,18 @@ def gru_forward_kernel(
             aux = r * h_in  # rh
             p_n = tl.dot(aux, _weights(w_2, W_hh, 2, H, HP, True, RESIDENT), input_precision="ieee")
             n = _tanh(g_n + p_n)
-        h_new = z * h + (1.0 - z) * n
         bh_t = t.to(tl.int64) * B * H + bh
-        if ZONE == 1:
-            k = tl.load(Zone + bh_t, mask=ok, other=0.0)
-            h_new = h + k * (h_new - h)
-        elif ZONE == 2:
-            h_new = h + keep_eval * (h_new - h)
         if HAS_LEN:
             valid = (t < length)[:, None]
-            h_new = tl.where(valid, h_new, h)
-            out = tl.where(valid, h_new, 0.0)
         else:
-            out = h_new
+            valid = 0  # no lengths: every step counts (unused)
+        h_new, out = _new_state(h, z, n, Zone, bh_t, ok, keep_eval, valid, ZONE, HAS_LEN)
         tl.store(Out + bh_t, out, mask=ok)
         if STORE:
-            if HAS_LEN:  # a padded row's saved values take no part (its dG is 0): zeros keep NaN from x out
-                r = tl.where(valid, r, 0.0)
-                z = tl.where(valid, z, 0.0)
-                n = tl.where(valid, n, 0.0)
-                aux = tl.where(valid, aux, 0.0)
-                h_save = tl.where(valid, h, 0.0)
-            else:
-                h_save = h
-            tl.store(R_s + bh_t, r, mask=ok)
-            tl.store(Z_s + bh_t, z, mask=ok)
-            tl.store(N_s + bh_t, n, mask=ok)
-            tl.store(Aux_s + bh_t, aux, mask=ok)
-            tl.store(Hprev_s + bh_t, h_save, mask=ok)
+            _save_step(R_s, Z_s, N_s, Aux_s, Hprev_s, bh_t, ok, r, z, n, aux, h, valid, HAS_LEN)
             if LAYER_NORM:
-                bg_t = t.to(tl.int64) * B * 3 * H + bg
-                if HAS_LEN:
-                    x_r = tl.where(valid, x_r, 0.0)
-                    x_z = tl.where(valid, x_z, 0.0)
-                    x_n = tl.where(valid, x_n, 0.0)
-                    rstd = tl.where(t < length, rstd, 0.0)
-                tl.store(Xhat_s + bg_t, x_r, mask=ok)
-                tl.store(Xhat_s + bg_t + H, x_z, mask=ok)
-                tl.store(Xhat_s + bg_t + 2 * H, x_n, mask=ok)
-                tl.store(Rstd_s + t.to(tl.int64) * B + rows, rstd, mask=row_ok)
+                _save_xhat(Xhat_s, t.to(tl.int64) * B * 3 * H + bg, ok, H, x_r, x_z, x_n, valid, HAS_LEN)
+                _save_rstd(Rstd_s, t, B, rows, row_ok, rstd, length, HAS_LEN)
         h = h_new
     tl.store(H_n + bh, h, mask=ok)
 
@@ -306,27 +388,15 @@ def gru_backward_kernel(
             t = T - 1 - s
         bh_t = t.to(tl.int64) * B * H + bh
         bg_t = t.to(tl.int64) * B * 3 * H + bg
-        d = dh
-        if HAS_D_OUT:
-            d += tl.load(D_out + bh_t, mask=ok, other=0.0)
-        if ZONE == 1:
-            k = tl.load(Zone + bh_t, mask=ok, other=0.0)
-            d_direct = d - k * d
-            d = k * d
-        elif ZONE == 2:
-            d_direct = d - keep_eval * d
-            d = keep_eval * d
         r = tl.load(R_s + bh_t, mask=ok, other=0.0)
         z = tl.load(Z_s + bh_t, mask=ok, other=0.0)
         n = tl.load(N_s + bh_t, mask=ok, other=0.0)
         aux = tl.load(Aux_s + bh_t, mask=ok, other=0.0)
         h_prev = tl.load(Hprev_s + bh_t, mask=ok, other=0.0)
-        dn = d - d * z
-        da_z = _sigma_backward(z, d * (h_prev - n), ACT)
-        da_n = dn * (1.0 - n * n)
+        d, d_direct, da_z, da_n = _step_backward(dh, D_out, Zone, bh_t, ok, keep_eval, z, n, h_prev,
+                                                 HAS_D_OUT, ZONE, ACT)
         if RESET_AFTER:
-            da_r = _sigma_backward(r, da_n * aux, ACT)
-            da = da_n * r
+            da_r, da = _reset_after_backward(r, aux, da_n, ACT)
             if LAYER_NORM:
                 x_r = tl.load(Xhat_s + bg_t, mask=ok, other=0.0)
                 x_z = tl.load(Xhat_s + bg_t + H, mask=ok, other=0.0)
@@ -337,9 +407,9 @@ def gru_backward_kernel(
                 dx_n = da * gain_n
                 mean_dx = ((_row_sum(dx_r) + _row_sum(dx_z) + _row_sum(dx_n)) / (3 * H))[:, None]
                 mean_dxx = ((_row_sum(dx_r * x_r) + _row_sum(dx_z * x_z) + _row_sum(dx_n * x_n)) / (3 * H))[:, None]
-                dp_r = tl.where(ok, rstd * (dx_r - mean_dx - x_r * mean_dxx), 0.0)
-                dp_z = tl.where(ok, rstd * (dx_z - mean_dx - x_z * mean_dxx), 0.0)
-                dp_n = tl.where(ok, rstd * (dx_n - mean_dx - x_n * mean_dxx), 0.0)
+                dp_r = tl.where(ok, _norm_backward(dx_r, x_r, mean_dx, mean_dxx, rstd), 0.0)
+                dp_z = tl.where(ok, _norm_backward(dx_z, x_z, mean_dx, mean_dxx, rstd), 0.0)
+                dp_n = tl.where(ok, _norm_backward(dx_n, x_n, mean_dx, mean_dxx, rstd), 0.0)
                 tl.store(D_P + bg_t, dp_r, mask=ok)
                 tl.store(D_P + bg_t + H, dp_z, mask=ok)
                 tl.store(D_P + bg_t + 2 * H, dp_n, mask=ok)
@@ -438,6 +508,8 @@ def gru_forward_wide_kernel(
     row_ok = rows < B
     if HAS_LEN:
         length = tl.load(Len + rows, mask=row_ok, other=0)
+    else:
+        length = 0  # no lengths: unused
     for c0 in range(0, H, BLOCK_N):
         cols = c0 + tl.arange(0, BLOCK_N)
         ok = row_ok[:, None] & (cols < H)[None, :]
@@ -525,58 +597,28 @@ def gru_forward_wide_kernel(
                     a_r += tl.load(B_hh + cols, mask=col_ok, other=0.0)[None, :]
                     a_z += tl.load(B_hh + H + cols, mask=col_ok, other=0.0)[None, :]
                     p_n += tl.load(B_hh + 2 * H + cols, mask=col_ok, other=0.0)[None, :]
-                r = _sigma(a_r, ACT)
-                z = _sigma(a_z, ACT)
-                n = _tanh(g_n + r * p_n)
+                r, z, n = _reset_after_gates(a_r, a_z, g_n, p_n, ACT)
                 aux = p_n
             else:
                 r = _sigma(a_r, ACT)
                 z = _sigma(a_z, ACT)
                 n = _tanh(g_n + p_n)
                 aux = tl.load(RH_buf + bh, mask=ok, other=0.0)
-            h_new = z * h + (1.0 - z) * n
             bh_t = t.to(tl.int64) * B * H + bh
-            if ZONE == 1:
-                k = tl.load(Zone + bh_t, mask=ok, other=0.0)
-                h_new = h + k * (h_new - h)
-            elif ZONE == 2:
-                h_new = h + keep_eval * (h_new - h)
             if HAS_LEN:
                 valid = (t < length)[:, None]
-                h_new = tl.where(valid, h_new, h)
-                out = tl.where(valid, h_new, 0.0)
             else:
-                out = h_new
+                valid = 0  # no lengths: every step counts (unused)
+            h_new, out = _new_state(h, z, n, Zone, bh_t, ok, keep_eval, valid, ZONE, HAS_LEN)
             tl.store(Out + bh_t, out, mask=ok)
             tl.store(h_nxt + bh, h_new, mask=ok)
             if STORE:
-                if HAS_LEN:
-                    r = tl.where(valid, r, 0.0)
-                    z = tl.where(valid, z, 0.0)
-                    n = tl.where(valid, n, 0.0)
-                    aux = tl.where(valid, aux, 0.0)
-                    h_save = tl.where(valid, h, 0.0)
-                else:
-                    h_save = h
-                tl.store(R_s + bh_t, r, mask=ok)
-                tl.store(Z_s + bh_t, z, mask=ok)
-                tl.store(N_s + bh_t, n, mask=ok)
-                tl.store(Aux_s + bh_t, aux, mask=ok)
-                tl.store(Hprev_s + bh_t, h_save, mask=ok)
+                _save_step(R_s, Z_s, N_s, Aux_s, Hprev_s, bh_t, ok, r, z, n, aux, h, valid, HAS_LEN)
                 if LAYER_NORM:
-                    bg_t = t.to(tl.int64) * B * 3 * H + bg
-                    if HAS_LEN:
-                        x_r = tl.where(valid, x_r, 0.0)
-                        x_z = tl.where(valid, x_z, 0.0)
-                        x_n = tl.where(valid, x_n, 0.0)
-                    tl.store(Xhat_s + bg_t, x_r, mask=ok)
-                    tl.store(Xhat_s + bg_t + H, x_z, mask=ok)
-                    tl.store(Xhat_s + bg_t + 2 * H, x_n, mask=ok)
+                    _save_xhat(Xhat_s, t.to(tl.int64) * B * 3 * H + bg, ok, H, x_r, x_z, x_n, valid, HAS_LEN)
         if STORE:
             if LAYER_NORM:
-                if HAS_LEN:
-                    rstd = tl.where(t < length, rstd, 0.0)
-                tl.store(Rstd_s + t.to(tl.int64) * B + rows, rstd, mask=row_ok)
+                _save_rstd(Rstd_s, t, B, rows, row_ok, rstd, length, HAS_LEN)
         tl.debug_barrier()
 
     h_last = H_buf + (T % 2) * B * H
@@ -640,30 +682,18 @@ def gru_backward_wide_kernel(
             bg = rows[:, None] * (3 * H) + cols[None, :]
             bh_t = t.to(tl.int64) * B * H + bh
             dh = tl.load(d_cur + bh, mask=ok, other=0.0)
-            d = dh
-            if HAS_D_OUT:
-                d += tl.load(D_out + bh_t, mask=ok, other=0.0)
-            if ZONE == 1:
-                k = tl.load(Zone + bh_t, mask=ok, other=0.0)
-                d_direct = d - k * d
-                d = k * d
-            elif ZONE == 2:
-                d_direct = d - keep_eval * d
-                d = keep_eval * d
             r = tl.load(R_s + bh_t, mask=ok, other=0.0)
             z = tl.load(Z_s + bh_t, mask=ok, other=0.0)
             n = tl.load(N_s + bh_t, mask=ok, other=0.0)
             h_prev = tl.load(Hprev_s + bh_t, mask=ok, other=0.0)
-            dn = d - d * z
-            da_z = _sigma_backward(z, d * (h_prev - n), ACT)
-            da_n = dn * (1.0 - n * n)
+            d, d_direct, da_z, da_n = _step_backward(dh, D_out, Zone, bh_t, ok, keep_eval, z, n, h_prev,
+                                                     HAS_D_OUT, ZONE, ACT)
             d_prev = d * z
             if ZONE != 0:
                 d_prev += d_direct
             if RESET_AFTER:
                 aux = tl.load(Aux_s + bh_t, mask=ok, other=0.0)
-                da_r = _sigma_backward(r, da_n * aux, ACT)
-                da = da_n * r
+                da_r, da = _reset_after_backward(r, aux, da_n, ACT)
             if HAS_LEN:
                 valid = (t < length)[:, None]
                 d_prev = tl.where(valid, d_prev, dh)
@@ -704,7 +734,7 @@ def gru_backward_wide_kernel(
                         dgh = tl.load(dg_t + bg + gate * H, mask=ok, other=0.0)
                     dx = dgh * tl.load(G_hh + gate * H + cols, mask=cols < H, other=0.0)[None, :]
                     x_g = tl.load(xt + gate * H, mask=ok, other=0.0)
-                    tl.store(dp_t + bg + gate * H, rstd * (dx - mean_dx - x_g * mean_dxx), mask=ok)
+                    tl.store(dp_t + bg + gate * H, _norm_backward(dx, x_g, mean_dx, mean_dxx, rstd), mask=ok)
             tl.debug_barrier()
         if not RESET_AFTER:  # d(rh) = da_n W_hn, then da_r = sigma'(r) d(rh) h_in
             for c0 in range(0, H, BLOCK_N):
