@@ -36,12 +36,12 @@ TUNED_FOR = {
     # the bundled sample's 4,000 training images hold less than 5,000 to hold out; they take 8,000 steps
     "mnist-sample": {"validation": 500, "steps": 8_000, "eval_every": 500},
     # 784 steps of one pixel: ~28 times a row's work per image, and samples/s on a CPU barely depend on the
-    # batch, so batches of 32 buy 4x the updates of 128 in the same time. 45,000 steps of 32: under an hour
+    # batch, so batches of 32 buy 4x the updates of 128 in the same time. 30,000 steps of 32: under an hour
     # on one core (benchmarks/RESULTS.md, pixel views).
     # No layer norm: with one input feature, normalising W_ih x leaves only the sign of the pixel (x * w
     # normalised over the gates is sign(x) * w normalised) and its gradient blows up at the black pixels
-    "pixels": {"steps": 45_000, "batch_size": 32, "eval_every": 2_500, "lr": 1e-3, "layer_norm": False},
-    "permuted": {"steps": 45_000, "batch_size": 32, "eval_every": 2_500, "lr": 1e-3, "layer_norm": False},
+    "pixels": {"steps": 30_000, "batch_size": 32, "eval_every": 2_500, "lr": 1e-3, "layer_norm": False},
+    "permuted": {"steps": 30_000, "batch_size": 32, "eval_every": 2_500, "lr": 1e-3, "layer_norm": False},
 }
 
 
