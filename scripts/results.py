@@ -5,7 +5,7 @@ accuracy over their seeds (mean ± standard deviation, range), the parameters an
     python scripts/results.py runs/fashion-pixels-tuned runs/fashion-permuted-tuned --curves docs/pixel-views.png
 
 Reads each run directory's config.json and summary.json; prints a Markdown table. ``--curves PNG`` also draws
-each run's test and validation accuracy against its steps (metrics.csv), one line per run, in one figure.
+each run's test, validation and training-batch accuracy against its steps (metrics.csv), one line per run, in one figure.
 """
 from __future__ import annotations
 
@@ -50,7 +50,8 @@ def main() -> int:
 
 
 def draw_curves(runs: list[Path], png: Path) -> None:
-    """Test (solid) and validation (dotted) accuracy against steps, one colour per run."""
+    """Test (solid), validation (dotted) and training-batch (dashed) accuracy against steps, one colour per
+    run: a training curve level with the test curve says the run underfits (more steps would help)."""
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(8, 4.5))
@@ -63,6 +64,8 @@ def draw_curves(runs: list[Path], png: Path) -> None:
         label = f"{config['dataset']} {config['view']} ({config.get('recipe', 'tutorial')}, seed {config['seed']})"
         ax.plot(steps, [float(r["test_accuracy"]) for r in rows], color=color, linewidth=1.8,
                 label=f"{label}: test")
+        ax.plot(steps, [float(r["train_accuracy"]) for r in rows], color=color, linewidth=1.0, linestyle="--",
+                label=f"{label}: training batches")
         if rows and rows[0].get("val_accuracy"):
             ax.plot(steps, [float(r["val_accuracy"]) for r in rows], color=color, linewidth=1.2, linestyle=":",
                     label=f"{label}: validation")
