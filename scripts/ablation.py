@@ -5,6 +5,8 @@ the full tuned recipe, and the training time.
 
     python scripts/ablation.py --dataset fashion-mnist --steps 6000 --seeds 0 1 --out runs/ablation
     python scripts/ablation.py --out runs/ablation --table        # the table of the runs done so far
+    python scripts/ablation.py --seeds 0 1 --threads 1 --parallel 2 --base=--lr-schedule=cosine,--warmup-steps=500 \
+        --out runs/ablation-cosine                                  # around another base recipe
 
 Each run is a plain ``grunet train`` in OUT/<variant>-seed<N>; a run whose summary.json exists is kept, so a
 stopped ablation goes on where it was. ``--steps`` gives every variant the same reduced budget (the tuned
@@ -27,6 +29,7 @@ from pathlib import Path
 VARIANTS = {
     "tuned": ("the tuned recipe", []),
     "no-schedule": ("constant lr, no warm-up", ["--lr-schedule", "constant", "--warmup-steps", "0"]),
+    "cosine": ("500 warm-up steps, cosine decay", ["--lr-schedule", "cosine", "--warmup-steps", "500"]),
     "no-clip": ("no gradient clipping", ["--clip-norm", "0"]),
     "no-shuffle": ("consecutive slices, no shuffling", []),  # --shuffle has no off switch: set in the file
     "no-shift": ("no shift augmentation", ["--shift", "0"]),
@@ -48,6 +51,7 @@ def command(variant: str, args, out: Path) -> list[str]:
     if variant == "tutorial":
         return base + ["--recipe", "tutorial", *(["--eval-every", str(args.eval_every)] if args.eval_every else [])]
     base += ["--recipe", "tuned", *(["--eval-every", str(args.eval_every)] if args.eval_every else [])]
+    base += args.base  # the base recipe's changes; a variant's own options come after them and win
     if variant in OFF_IN_FILE:
         base += ["--config", str(_off_file(variant, out.parent))]
     return base + VARIANTS[variant][1]
@@ -123,6 +127,8 @@ def main() -> int:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     p.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
     p.add_argument("--threads", type=int, help="torch threads per run")
+    p.add_argument("--base", type=lambda text: [a for a in text.split(",") if a], default=[],
+                   help="grunet train options (comma-separated) added to every tuned variant: another base recipe")
     p.add_argument("--parallel", type=int, default=1, help="runs at once (each with --threads)")
     p.add_argument("--out", default="runs/ablation")
     p.add_argument("--table", action="store_true", help="only print the table of the runs done")

@@ -160,8 +160,8 @@ def test_recipe_tuned_defaults_and_command_line_overrides(tmp_path):
     assert main(["train", "--recipe", "tuned", "--steps", "12", "--eval-every", "5", "--lr", "0.02",
                  "--out", str(out), *SMALL_ARGS]) == 0
     config = json.loads((out / "config.json").read_text())
-    for name, value in TUNED.items():
-        if name not in ("steps", "eval_every", "validation", "lr"):
+    for name, value in {**TUNED, **TUNED_FOR["mnist-sample"]}.items():  # this run is on the bundled sample
+        if name not in ("steps", "eval_every", "lr"):
             assert config[name] == value, name
     assert (config["steps"], config["eval_every"], config["lr"], config["units"]) == (12, 5, 0.02, 16)
     # the bundled sample's settings: it holds 4,000 training images, less than the 5,000 held out otherwise
@@ -174,6 +174,11 @@ def test_tuned_recipe_settings_by_data():
     assert {k: fashion[k] for k in TUNED} == {**TUNED, "recipe": "tuned"}
     pixels = settings("tuned", {"dataset": "fashion-mnist", "view": "pixels", "steps": 7}, defaults)
     assert pixels["steps"] == 7 and pixels["eval_every"] == TUNED_FOR["pixels"]["eval_every"]
+    # the full data set's long run: a constant rate under the EMA; the shorter runs decay it
+    assert (fashion["lr_schedule"], fashion["warmup_steps"]) == ("constant", 0)
+    for asked in ({"dataset": "mnist-sample"}, {"dataset": "fashion-mnist", "view": "permuted"}):
+        shorter = settings("tuned", asked, defaults)
+        assert (shorter["lr_schedule"], shorter["warmup_steps"]) == ("cosine", 500), asked
     assert settings("tutorial", {"lr": 0.5}, defaults) == {"lr": 0.5, "recipe": "tutorial"}
 
 
