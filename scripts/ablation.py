@@ -36,6 +36,7 @@ VARIANTS = {
     "no-smoothing": ("no label smoothing", ["--label-smoothing", "0"]),
     "no-ema": ("no weight averaging", ["--ema", "0"]),
     "no-cell-options": ("plain GRU cell (no layer norm, dropout, zoneout)", []),
+    "no-clip-shuffle": ("neither clipping nor shuffling", ["--clip-norm", "0"]),
     "no-clip-shuffle-ema": ("none of clipping, shuffling and EMA", ["--clip-norm", "0", "--ema", "0"]),
     "tutorial": ("the tutorial recipe (batch 50, Adam 1e-3, test-set selection)", []),
 }
@@ -60,6 +61,7 @@ def command(variant: str, args, out: Path) -> list[str]:
 # options without an off switch on the command line (flags), turned off through a --config file
 OFF_IN_FILE = {
     "no-shuffle": {"shuffle": False},
+    "no-clip-shuffle": {"shuffle": False},
     "no-clip-shuffle-ema": {"shuffle": False},
     "no-cell-options": {"layer_norm": False, "recurrent_dropout": 0.0, "input_dropout": 0.0, "weight_dropout": 0.0,
                         "zoneout": 0.0},
