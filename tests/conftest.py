@@ -90,3 +90,11 @@ def wait_for(condition, timeout_s: float, what: str) -> None:
         if time.monotonic() > deadline:
             pytest.fail(f"timed out after {timeout_s} s waiting for {what}")
         time.sleep(0.05)
+
+
+def finished_run(settings: dict, out):
+    """A grunet train run of ``settings`` (TrainConfig's fields) in ``out``, silent, that must end well."""
+    from grunet.train import TrainConfig, run
+
+    assert run(TrainConfig(**settings), out, print_fn=lambda s: None, progress=False).exit_code == 0
+    return out

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import finished_run
 from grunet.checkpoint import load_checkpoint, load_model
 from grunet.cli import main
 from grunet.data import SPECS, load_split
@@ -42,10 +43,7 @@ def assert_same_weights(a: dict, b: dict):
 @pytest.fixture(scope="module")
 def reference_run(tmp_path_factory):
     """An uninterrupted small run of 60 steps, shared by the resume tests."""
-    out = tmp_path_factory.mktemp("runs") / "full"
-    result = run(TrainConfig(**SMALL), out, print_fn=lambda s: None, progress=False)
-    assert result.exit_code == 0
-    return out
+    return finished_run(SMALL, tmp_path_factory.mktemp("runs") / "full")
 
 
 def test_run_directory_contents(reference_run):

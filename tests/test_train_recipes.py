@@ -16,6 +16,7 @@ from grunet.ema import WeightAverage
 from grunet.recipes import TUNED, TUNED_FOR, settings
 from grunet.schedule import LearningRate
 from grunet.train import TrainConfig, run
+from conftest import finished_run
 from test_train import assert_same_weights, metrics, weights
 
 # every accuracy option on, small enough for seconds of training on the bundled sample
@@ -26,10 +27,7 @@ TUNED_SMALL = dict(units=16, steps=60, eval_every=10, impl="reference", threads=
 
 @pytest.fixture(scope="module")
 def tuned_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("runs") / "tuned"
-    result = run(TrainConfig(**TUNED_SMALL), out, print_fn=lambda s: None, progress=False)
-    assert result.exit_code == 0
-    return out
+    return finished_run(TUNED_SMALL, tmp_path_factory.mktemp("runs") / "tuned")
 
 
 # ---- the pieces ---------------------------------------------------------------------------------------
